@@ -1,0 +1,91 @@
+"""Ray connection and worker creation: R rollout workers, K reward workers, W trainer ranks.
+
+`connect` joins the cluster that `ray job submit` runs us in (RAY_ADDRESS), or the configured
+`ray.address`, or starts a local one. On CPU every actor is a plain actor that asks for no CPU
+slot (we size torch threads ourselves, and the synchronous loop runs one phase at a time); on
+GPUs the actors ask for `gpus_per_worker`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import ray
+
+from launch.config import Config, ConfigError
+
+
+def connect(cfg: Config) -> None:
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}}
+    if address:
+        try:
+            ray.init(address=address, runtime_env=env, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ConfigError(
+                f"ray.address={address}: cannot reach a Ray cluster there ({type(e).__name__}: {e}). Start one with "
+                f"`ray start --head`, fix the address, or drop ray.address to run on a local cluster"
+            ) from None
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
+
+
+def _threads(requested: int, concurrent: int) -> int:
+    if requested > 0:
+        return requested
+    return max(1, (os.cpu_count() or 1) // max(concurrent, 1))
+
+
+def _options(gpus: float) -> dict:
+    return {"num_gpus": gpus, "num_cpus": 1} if gpus > 0 else {"num_cpus": 0}
+
+
+@dataclass
+class Workers:
+    rollout: list
+    reward: list
+    trainer: list
+
+
+def create_workers(cfg: Config, model_path: str, output_dir: str) -> Workers:
+    from reward.worker import RewardWorker
+    from rollout.worker import RolloutWorker
+
+    r, t = cfg.rollout, cfg.trainer
+    engine_kwargs = {"dtype": cfg.model.dtype, "batch_size": r.batch_size,
+                     "trust_remote_code": cfg.model.trust_remote_code}
+    rollout = [
+        ray.remote(RolloutWorker).options(**_options(r.gpus_per_worker), name=None).remote(
+            r.engine, model_path, engine_kwargs=engine_kwargs, threads=_threads(t.threads_per_worker, r.num_workers))
+        for _ in range(r.num_workers)
+    ]
+    specs = [{"fn": fn, "weight": w} for fn, w in zip(cfg.reward.fns, cfg.reward.weights or [1.0] * len(cfg.reward.fns))]
+    reward = [
+        RewardWorker.options(num_cpus=0).remote(specs, cfg.reward.timeout_s, cfg.reward.processes_per_worker,
+                                                os.path.join(output_dir, "quarantine.jsonl"))
+        for _ in range(cfg.reward.num_workers)
+    ]
+    trainer = _create_trainers(cfg, model_path)
+    ray.get([w.ping.remote() for w in rollout + reward + trainer])
+    return Workers(rollout, reward, trainer)
+
+
+def _create_trainers(cfg: Config, model_path: str) -> list:
+    from rl.trainer import TrainerWorker
+
+    t = cfg.trainer
+    actor = ray.remote(TrainerWorker).options(**_options(t.gpus_per_worker))
+    ranks = [
+        actor.remote(rank, t.num_workers, model_path=model_path, trainer_cfg=asdict(t), model_cfg=asdict(cfg.model),
+                     loss_params=cfg.algorithm.loss_params(), temperature=cfg.rollout.temperature,
+                     need_ref=cfg.algorithm.needs_reference, threads=_threads(t.threads_per_worker, t.num_workers),
+                     seed=t.seed)
+        for rank in range(t.num_workers)
+    ]
+    # rank 0's node hosts the rendezvous; every rank then joins the process group together
+    addr, port = ray.get(ranks[0].rendezvous_address.remote())
+    ray.get([w.setup.remote(addr, port) for w in ranks])
+    return ranks

@@ -1,0 +1,325 @@
+"""Typed configuration: the schema, YAML recipes, `a.b=value` overrides, validation.
+
+The schema is a tree of dataclasses; every field has a default and a docstring (the string literal
+under it), and defaults live only here. A recipe YAML states only what differs from the schema;
+command-line overrides `a.b=value` are merged on top. OmegaConf does the YAML parsing, merging and
+type checking; this module turns its errors into messages that name the key and the fix.
+
+    cfg = load_config("configs/quickstart.yaml", ["trainer.total_steps=5"])
+    save_config(cfg, "outputs/run/config.yaml")
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from launch.schema_algorithm import AlgorithmConfig
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the message names the key and how to fix it."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "smollm2-135m-instruct"
+    """Policy model: an alias (`smollm2-135m-instruct`, `tiny-random`), a local Hugging Face model
+    directory, or a hub name (needs network). Aliases are converted once into `cache_dir`."""
+    dtype: str = "auto"
+    """Training/generation dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory (slower)."""
+    trust_remote_code: bool = False
+    """Passed to transformers for hub models that ship their own modelling code."""
+    cache_dir: str = "~/.cache/rlvr/models"
+    """Where model aliases are materialised as Hugging Face directories."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"model.dtype={self.dtype!r}: use one of auto, float32, bfloat16, float16")
+
+
+@dataclass
+class ArithConfig:
+    num_terms: int = 3
+    """Number of operands in each built-in arithmetic prompt (3 single digits: the 135M model starts near 14%)."""
+    max_operand: int = 9
+    """Operands are drawn uniformly from 0..max_operand."""
+    train_size: int = 20000
+    """Number of generated training prompts."""
+    eval_size: int = 200
+    """Number of generated held-out prompts (a disjoint seed, and no prompt shared with train)."""
+
+    def __post_init__(self) -> None:
+        if self.num_terms < 2 or self.max_operand < 1:
+            raise ConfigError("data.arith: need num_terms >= 2 and max_operand >= 1")
+
+
+@dataclass
+class DataConfig:
+    train: str = "arith"
+    """Training prompts: `arith` (built-in task), a local .jsonl/.json/.parquet file, or a
+    `datasets` hub name, optionally `name:split` (needs network)."""
+    eval: str | None = "arith"
+    """Held-out prompts for greedy-accuracy eval (same forms as `train`); null disables eval."""
+    prompt_key: str = "prompt"
+    """Dataset column holding the question text."""
+    answer_key: str = "answer"
+    """Dataset column holding the reference answer (passed to reward functions as `answer`)."""
+    system_prompt: str | None = None
+    """System message for chat templating; null keeps the tokenizer's default."""
+    chat_template: bool = True
+    """Render prompts with the tokenizer's chat template (off: the raw question text)."""
+    prompt_suffix: str = ""
+    """Text appended to every question before templating (e.g. an answer-format instruction)."""
+    max_prompt_tokens: int = 512
+    """Prompts longer than this (in tokens) are an error naming the row."""
+    eval_size: int = 200
+    """At most this many eval prompts are scored at each eval."""
+    shuffle: bool = True
+    """Reshuffle the training prompts every epoch (seeded by trainer.seed)."""
+    arith: ArithConfig = field(default_factory=ArithConfig)
+    """Settings of the built-in `arith` task."""
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"
+    """Generation engine: `hf` (transformers, runs anywhere) or `vllm` (GPU clusters)."""
+    num_workers: int = 1
+    """R: number of rollout worker actors; prompts are sharded across them."""
+    group_size: int = 8
+    """G: answers sampled per prompt (one GRPO group)."""
+    temperature: float = 1.0
+    """Sampling temperature; the trainer divides logits by the same value."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    max_new_tokens: int = 128
+    """Maximum response length; a response that hits it is `truncated` (finish reason `length`)."""
+    stop: list[str] = field(default_factory=list)
+    """Extra stop strings (EOS always stops)."""
+    batch_size: int = 64
+    """Sequences per generate() call on one worker (memory knob)."""
+    gpus_per_worker: float = 0.0
+    """GPUs per rollout worker (0 on CPU)."""
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("hf", "vllm"):
+            raise ConfigError(f"rollout.engine={self.engine!r}: use `hf` or `vllm`")
+        if self.group_size < 1 or self.num_workers < 1 or self.max_new_tokens < 1:
+            raise ConfigError("rollout.group_size, rollout.num_workers and rollout.max_new_tokens must be >= 1")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"rollout.top_p={self.top_p}: must be in (0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError(f"rollout.temperature={self.temperature}: must be > 0 (eval uses greedy decoding)")
+
+
+@dataclass
+class RewardConfig:
+    fns: list[str] = field(default_factory=lambda: ["arith"])
+    """Reward functions: built-in names, `pkg.mod:fn` or `path/to/file.py:fn`; summed with `weights`."""
+    weights: list[float] | None = None
+    """One weight per entry of `fns` (default: all 1.0)."""
+    num_workers: int = 1
+    """K: number of reward worker actors."""
+    processes_per_worker: int = 2
+    """Sandboxed processes per reward worker."""
+    timeout_s: float = 10.0
+    """Per-call deadline, enforced from outside the sandboxed process."""
+
+    def __post_init__(self) -> None:
+        if not self.fns:
+            raise ConfigError("reward.fns is empty: name at least one reward function, e.g. reward.fns=[arith]")
+        if self.weights is not None and len(self.weights) != len(self.fns):
+            raise ConfigError(
+                f"reward.weights has {len(self.weights)} entries for {len(self.fns)} reward.fns: give one per fn"
+            )
+
+
+@dataclass
+class TrainerConfig:
+    num_workers: int = 1
+    """W: DeepSpeed data-parallel ranks (Ray actors)."""
+    gpus_per_worker: float = 0.0
+    """GPUs per trainer rank (0 on CPU: gloo backend)."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage (0, 1, 2 or 3)."""
+    lr: float = 1e-6
+    """AdamW learning rate (DeepSeekMath GRPO: 1e-6)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear LR warm-up, in optimizer steps."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    train_prompts: int = 8
+    """B: prompts per training step (each gives G samples)."""
+    mini_batches: int = 1
+    """Optimizer updates per step: the step's samples are split into this many mini-batches."""
+    epochs: int = 1
+    """Passes over the step's samples."""
+    micro_batch_tokens: int = 8192
+    """Token budget (prompt + response, padded) of one micro-batch on one rank."""
+    fused_loss: bool = True
+    """Compute logprobs/loss from hidden states with the chunked fused op (false: materialise logits)."""
+    total_steps: int = 100
+    """Training steps (one step = generate, score, update, sync)."""
+    eval_every: int = 10
+    """Run held-out greedy eval every this many steps (0: only at start and end)."""
+    save_every: int = 50
+    """Write a checkpoint every this many steps (0: only the final one)."""
+    keep_last: int = 2
+    """Keep this many most recent checkpoints."""
+    output_dir: str = "outputs/run"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/."""
+    resume: str = "auto"
+    """`auto` (newest complete checkpoint in output_dir, if any), `never`, or a checkpoint path."""
+    seed: int = 0
+    """Seed for data order, sampling and initialisation."""
+    threads_per_worker: int = 0
+    """torch CPU threads per actor (0: split the machine's cores evenly)."""
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"trainer.zero_stage={self.zero_stage}: use 0, 1, 2 or 3")
+        if self.resume not in ("auto", "never") and not self.resume:
+            raise ConfigError("trainer.resume: use auto, never, or a checkpoint directory")
+        for key in ("num_workers", "train_prompts", "mini_batches", "epochs", "total_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"trainer.{key}={getattr(self, key)}: must be >= 1")
+
+
+@dataclass
+class LoggingConfig:
+    wandb_mode: str = "offline"
+    """wandb mode: offline (default; no network), online, or disabled."""
+    wandb_project: str = "rlvr"
+    """wandb project name."""
+    console: str = "rich"
+    """Console output: `rich` (progress bar) or `plain` (one line per step)."""
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None
+    """Ray cluster address; null joins the cluster of `ray job submit` (RAY_ADDRESS) or starts a local one."""
+    num_cpus: int | None = None
+    """CPUs for a locally started cluster (default: all)."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy model."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Prompts and answers."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Generation."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Verifiable rewards."""
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    """Advantages, policy loss, dynamic sampling, overlong handling."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Optimisation, schedule and outputs."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Console and wandb."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Cluster connection."""
+
+
+def schema_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """All dotted leaf keys of the schema, e.g. `trainer.lr`."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        typ = _field_type(cls, f.name)
+        if dataclasses.is_dataclass(typ):
+            keys += schema_keys(typ, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _field_type(cls: type, name: str) -> Any:
+    hints = inspect.get_annotations(cls, eval_str=True)
+    return hints[name]
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass (string literals right under each field)."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = inspect.cleandoc(nxt.value.value)
+    return docs
+
+
+def _nearest(key: str) -> str:
+    close = difflib.get_close_matches(key, schema_keys(), n=1, cutoff=0.5)
+    if not close:  # try the last component alone: `lr` -> `trainer.lr`
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in schema_keys() if k.rsplit(".", 1)[-1] == leaf][:1]
+    return f" Did you mean `{close[0]}`?" if close else ""
+
+
+def _merge(base, other, source: str):
+    try:
+        return OmegaConf.merge(base, other)
+    except ConfigKeyError as e:
+        key = e.full_key or str(e.key)
+        raise ConfigError(f"{source}: unknown config key `{key}`.{_nearest(key)}") from None
+    except ValidationError as e:
+        raise ConfigError(f"{source}: bad value for `{e.full_key}`: {e.msg}") from None
+
+
+def _parse_overrides(overrides: list[str]):
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override `{item}`: write overrides as dotted.key=value, e.g. trainer.lr=1e-5")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"overrides {overrides}: {e}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Schema defaults ← recipe YAML ← `a.b=value` overrides, validated; returns a `Config`."""
+    merged = OmegaConf.structured(Config)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found: pass a recipe such as configs/quickstart.yaml")
+        try:
+            recipe = OmegaConf.load(path)
+        except Exception as e:  # yaml.YAMLError and friends
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        merged = _merge(merged, recipe or {}, str(path))
+    merged = _merge(merged, _parse_overrides(list(overrides)), "command-line override")
+    try:
+        return OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as e:
+        cause = e.__cause__ if isinstance(e.__cause__, ValueError) else None
+        raise ConfigError(str(cause or e)) from None
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the fully resolved config (every key, defaults included) as YAML."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))

@@ -1,0 +1,289 @@
+"""The driver: one synchronous RL step after another (DESIGN.md "One step").
+
+    1. draw train_prompts prompts; each becomes a group of G samples (fresh group id per round)
+    2. generate on the rollout workers (prompts sharded across them)
+    3. score on the reward workers (sandboxed; errors are masked out, never scored as wrong)
+    4. dynamic sampling (optional): keep informative groups, generate more until the batch is full
+    5. advantages (registry) on the final batch
+    6. train on the trainer ranks (exact global token-mean over each mini-batch)
+    7. sync weights trainer → rollout workers; bump the policy version
+    8. metrics, periodic held-out eval, periodic checkpoint
+
+Run it with `python -m launch.train CONFIG [key=value ...]`; tests call `run(cfg)` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import ray
+import torch
+
+from launch import checkpoint
+from launch.cluster import Workers, connect, create_workers
+from launch.config import Config, save_config
+from launch.metrics import MetricsLogger, aggregate_trainer_records
+from launch.prepare import Prepared, prepare
+from rl.advantages import compute_advantages, strata_from_samples
+from rl.sampling import overlong_penalty
+from rl.types import Sample
+from rollout.data import PromptIterator
+from rollout.engine import SamplingParams
+
+log = logging.getLogger("rlvr")
+
+
+def run(cfg: Config) -> Path:
+    """Train per `cfg`; returns the output directory (holding final/)."""
+    prep = prepare(cfg)  # validates data, rewards and the model path before any model is loaded
+    out = Path(cfg.trainer.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    connect(cfg)
+    workers = create_workers(cfg, prep.model_path, str(out))
+    driver = Driver(cfg, prep, workers)
+    try:
+        driver.train()
+    finally:
+        driver.close()
+    return out
+
+
+class Driver:
+    def __init__(self, cfg: Config, prep: Prepared, workers: Workers):
+        self.cfg, self.prep, self.w = cfg, prep, workers
+        self.out = Path(cfg.trainer.output_dir)
+        self.iterator = PromptIterator(len(prep.train_rows), seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
+        self.sampler = cfg.algorithm.dynamic_sampling.build()
+        self.rng = random.Random(cfg.trainer.seed)
+        self.step, self.version, self.next_group_id = 0, 0, 0
+        self.start_step = self._maybe_resume()
+        self.logger = MetricsLogger(self.out, total_steps=cfg.trainer.total_steps, config=asdict(cfg),
+                                    wandb_mode=cfg.logging.wandb_mode, wandb_project=cfg.logging.wandb_project,
+                                    console=cfg.logging.console, start_step=self.start_step)
+
+    # -- the loop --------------------------------------------------------------------------
+    def train(self) -> None:
+        cfg, t = self.cfg, self.cfg.trainer
+        if self.start_step == 0 and self.prep.eval_rows:
+            self.logger.log(0, self.evaluate())
+        for step in range(self.start_step + 1, t.total_steps + 1):
+            self.step = step
+            t0 = time.perf_counter()
+            samples, timing, rollout_metrics = self.collect()  # steps 1-4
+            metrics = {**rollout_metrics, **self.compute_advantages(samples)}  # step 5
+
+            t_train = time.perf_counter()
+            ref = ray.put(samples)
+            results = ray.get([r.train_step.remote(ref, t.mini_batches, t.epochs) for r in self.w.trainer])
+            records = [rec for res in results for rec in res["records"]]
+            metrics.update(aggregate_trainer_records(records, t.mini_batches * t.epochs))
+            metrics["actor/lr"] = results[0]["lr"]
+            timing["perf/train_s"] = time.perf_counter() - t_train
+
+            t_sync = time.perf_counter()
+            self.sync_weights(step)  # step 7
+            timing["perf/sync_s"] = time.perf_counter() - t_sync
+
+            if self.prep.eval_rows and (step == t.total_steps or (t.eval_every and step % t.eval_every == 0)):
+                metrics.update(self.evaluate())
+            step_time = time.perf_counter() - t0
+            tokens = sum(len(s.response_ids) for s in samples)
+            metrics.update(timing, **{"perf/step_time_s": step_time, "perf/tokens_per_s": tokens / step_time,
+                                      "perf/generated_tokens": tokens})
+            self.logger.log(step, metrics)
+            if step < t.total_steps and t.save_every and step % t.save_every == 0:
+                self.save_checkpoint(step)
+        self.save_checkpoint(t.total_steps)
+        self.save_final()
+
+    # -- steps 1-4: generate, score, filter ----------------------------------------------------
+    def collect(self) -> tuple[list[Sample], dict[str, float], dict[str, float]]:
+        cfg = self.cfg
+        timing = {"perf/generate_s": 0.0, "perf/reward_s": 0.0}
+        B, G = cfg.trainer.train_prompts, cfg.rollout.group_size
+        if self.sampler is None:
+            groups = self._generate_round(B, G, timing)
+            samples = [s for g in groups for s in g]
+            return samples, timing, self._rollout_metrics(samples)
+        failed_rounds = 0
+        while not self.sampler.ready(B):
+            groups = self._generate_round(B, G, timing)
+            # filter on accuracy of the samples that were scored; a group needs two to vary
+            clean = [[s for s in g if s.reward_status == "ok"] for g in groups]
+            clean = [g for g in clean if len(g) >= 2]
+            if clean:
+                self.sampler.add(clean)
+            else:
+                failed_rounds += 1
+                if failed_rounds >= (cfg.algorithm.dynamic_sampling.max_rounds or 10):
+                    raise RuntimeError("dynamic sampling: every sample of several rounds failed its reward "
+                                       f"function; see {self.out / 'quarantine.jsonl'}")
+        groups = self.sampler.take(B)
+        samples = [s for g in groups for s in g]
+        metrics = self._rollout_metrics(samples)
+        metrics.update({f"rollout/dynamic_sampling/{k}": v for k, v in self.sampler.metrics.items()})
+        return samples, timing, metrics
+
+    def _generate_round(self, B: int, G: int, timing: dict) -> list[list[Sample]]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        requests = []
+        for pid in self.iterator.next_ids(B):
+            row = self.prep.train_rows[pid]
+            requests.append({"prompt_id": pid, "group_id": self.next_group_id, "prompt_ids": row["prompt_ids"],
+                             "prompt_text": row["prompt_text"], "fields": row["fields"]})
+            self.next_group_id += 1
+        params = SamplingParams(n=G, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                max_new_tokens=cfg.rollout.max_new_tokens, stop=list(cfg.rollout.stop),
+                                seed=self.rng.randrange(2**31))
+        samples = self._generate(requests, params)
+        timing["perf/generate_s"] += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self._score(samples)
+        self._shape_rewards(samples)
+        timing["perf/reward_s"] += time.perf_counter() - t1
+        by_group: dict[int, list[Sample]] = {}
+        for s in samples:
+            by_group.setdefault(s.group_id, []).append(s)
+        return list(by_group.values())
+
+    def _generate(self, requests: list[dict], params: SamplingParams) -> list[Sample]:
+        R = len(self.w.rollout)
+        shards = [requests[i::R] for i in range(R)]
+        futures = [w.generate.remote(shard, SamplingParams(**{**vars(params), "seed": None if params.seed is None
+                                                             else params.seed + i}))
+                   for i, (w, shard) in enumerate(zip(self.w.rollout, shards)) if shard]
+        return [s for part in ray.get(futures) for s in part]
+
+    def _score(self, samples: list[Sample]) -> None:
+        rows = [{**s.fields, "prompt": s.prompt_text, "completion": s.response_text} for s in samples]
+        K = len(self.w.reward)
+        parts = ray.get([w.score.remote(rows[i::K]) for i, w in enumerate(self.w.reward)])
+        for i, part in enumerate(parts):
+            for s, res in zip(samples[i::K], part):
+                s.reward, s.reward_status, s.reward_metrics = res.reward, res.status, dict(res.metrics)
+                s.stratum = res.stratum
+                if res.status != "ok" and not self.cfg.algorithm.mask_reward_errors:
+                    s.reward, s.reward_status = 0.0, "ok"
+
+    def _shape_rewards(self, samples: list[Sample]) -> None:
+        """DAPO soft overlong punishment (added to the reward; accuracy metrics untouched)."""
+        ol = self.cfg.algorithm.overlong
+        if not ol.shaping:
+            return
+        max_new = self.cfg.rollout.max_new_tokens
+        pen = overlong_penalty(torch.tensor([s.response_length for s in samples]), max_new,
+                               ol.resolved_buffer(max_new), ol.penalty_factor).tolist()
+        for s, p in zip(samples, pen):
+            if s.reward is not None:
+                s.reward_metrics["overlong_penalty"] = p
+                s.reward += p
+
+    # -- step 5: advantages ----------------------------------------------------------------------
+    def compute_advantages(self, samples: list[Sample]) -> dict[str, float]:
+        alg = self.cfg.algorithm
+        ok = [s for s in samples if s.reward_status == "ok" and s.reward is not None]
+        for s in samples:
+            s.advantage = None
+        if not ok:
+            return {"actor/zero_adv_group_frac": 1.0}
+        rewards = torch.tensor([s.reward for s in ok], dtype=torch.float32)
+        group_ids = torch.tensor([s.group_id for s in ok], dtype=torch.long)
+        strata = strata_from_samples(ok, alg.advantage.strata_source, length_bucket_size=alg.advantage.length_bucket_size) \
+            if alg.advantage.strata_source else None
+        adv = compute_advantages(alg.advantage.name, rewards, group_ids, strata=strata, **alg.advantage_params())
+        for s, a in zip(ok, adv.tolist()):
+            # overlong filtering: truncated answers keep their place in the group statistics but train no token
+            s.advantage = None if (alg.overlong.filtering and s.truncated) else a
+        groups: dict[int, list[float]] = {}
+        for s, a in zip(ok, adv.tolist()):
+            groups.setdefault(s.group_id, []).append(a)
+        zero = sum(all(abs(a) < 1e-12 for a in g) for g in groups.values()) / len(groups)
+        return {"actor/zero_adv_group_frac": zero, "actor/advantage_abs_mean": float(adv.abs().mean())}
+
+    def _rollout_metrics(self, samples: list[Sample]) -> dict[str, float]:
+        ok = [s for s in samples if s.reward_status == "ok" and s.reward is not None]
+        lengths = [s.response_length for s in samples]
+        m = {
+            "reward/mean": sum(s.reward for s in ok) / len(ok) if ok else float("nan"),
+            "reward/error_rate": sum(s.reward_status == "error" for s in samples) / len(samples),
+            "reward/timeout_rate": sum(s.reward_status == "timeout" for s in samples) / len(samples),
+            "rollout/response_length_mean": sum(lengths) / len(lengths),
+            "rollout/response_length_max": max(lengths),
+            "rollout/truncated_frac": sum(s.truncated for s in samples) / len(samples),
+            "rollout/num_samples": len(samples),
+        }
+        keys = {k for s in ok for k, v in s.reward_metrics.items() if isinstance(v, (int, float))}
+        for k in sorted(keys):
+            vals = [s.reward_metrics[k] for s in ok if k in s.reward_metrics]
+            m[f"reward/{k}"] = sum(vals) / len(vals)
+        strata: dict[str, list[float]] = {}
+        for s in ok:
+            if s.stratum is not None:
+                strata.setdefault(str(s.stratum), []).append(s.reward)
+        for name, vals in strata.items():
+            m[f"reward/stratum/{name}/mean"], m[f"reward/stratum/{name}/count"] = sum(vals) / len(vals), len(vals)
+        return m
+
+    # -- step 7: weights -------------------------------------------------------------------------
+    def sync_weights(self, version: int) -> None:
+        refs = ray.get([r.publish_weights.remote() for r in self.w.trainer])[0]
+        ray.get([w.update_weights.remote(refs, version) for w in self.w.rollout])
+        self.version = version
+
+    # -- step 8: eval, checkpoints -----------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        rows = self.prep.eval_rows
+        requests = [{"prompt_id": i, "group_id": -1, "prompt_ids": r["prompt_ids"], "prompt_text": r["prompt_text"],
+                     "fields": r["fields"]} for i, r in enumerate(rows)]
+        params = SamplingParams(n=1, greedy=True, max_new_tokens=self.cfg.rollout.max_new_tokens,
+                                stop=list(self.cfg.rollout.stop))
+        samples = self._generate(requests, params)
+        self._score(samples)
+        ok = [s for s in samples if s.reward_status == "ok" and s.reward is not None]
+        # accuracy: the verifier's `acc` when it reports one, else a positive reward counts as correct
+        correct = [float(s.reward_metrics.get("acc", s.reward > 0)) for s in ok]
+        return {"eval/accuracy": sum(correct) / len(samples), "eval/reward_mean": sum(s.reward for s in ok) / max(len(ok), 1),
+                "eval/num_prompts": len(samples)}
+
+    def driver_state(self) -> dict:
+        return {"step": self.step, "version": self.version, "next_group_id": self.next_group_id,
+                "iterator": self.iterator.state_dict(), "rng": self.rng.getstate(),
+                "sampler": self.sampler.state_dict() if self.sampler is not None else None}
+
+    def save_checkpoint(self, step: int) -> None:
+        def save_trainer(directory: str, tag: str) -> None:
+            ray.get([r.save_checkpoint.remote(directory, tag) for r in self.w.trainer])
+
+        checkpoint.save(self.out, step, self.driver_state(), save_trainer, self.cfg.trainer.keep_last)
+
+    def _maybe_resume(self) -> int:
+        resume = self.cfg.trainer.resume
+        if resume == "never":
+            return 0
+        path = checkpoint.latest(self.out) if resume == "auto" else Path(resume)
+        if path is None:
+            return 0
+        state = checkpoint.load_driver_state(path)
+        ray.get([r.load_checkpoint.remote(str(path / "trainer"), "state") for r in self.w.trainer])
+        self.step, self.version, self.next_group_id = state["step"], state["version"], state["next_group_id"]
+        self.iterator.load_state_dict(state["iterator"])
+        self.rng.setstate(state["rng"])
+        if self.sampler is not None and state["sampler"] is not None:
+            self.sampler.load_state_dict(state["sampler"])
+        self.sync_weights(self.version)
+        log.info("resumed from %s at step %d", path, self.step)
+        return self.step
+
+    def save_final(self) -> None:
+        final = self.out / "final"
+        ray.get([r.save_hf.remote(str(final)) for r in self.w.trainer])
+
+    def close(self) -> None:
+        if hasattr(self, "logger"):
+            self.logger.close()

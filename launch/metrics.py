@@ -1,0 +1,109 @@
+"""Metrics out: `metrics.jsonl` (always), wandb (offline by default), and the console.
+
+`metrics.jsonl` holds one JSON object per step with at least `step`, `reward/mean`, `loss/policy`,
+`perf/step_time_s`, `perf/tokens_per_s`, plus `eval/accuracy` on eval steps. The console shows a
+progress bar with step, reward, eval accuracy, tokens/s and the step time split into
+generate / reward / train / sync (or one plain line per step with `logging.console=plain`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("rlvr")
+
+
+def aggregate_trainer_records(records: list[dict[str, float]], num_updates: int) -> dict[str, float]:
+    """Combine per-micro-batch metrics from all ranks.
+
+    `loss/*` are each micro-batch's share of its mini-batch loss (global-count normalisation), so
+    they are summed, then averaged over the step's updates; `*_max` take the max; everything else
+    (`actor/*`) is a token-weighted mean by `actor/num_tokens`.
+    """
+    out: dict[str, float] = {}
+    weight = sum(r.get("actor/num_tokens", 0.0) for r in records) or 1.0
+    keys = {k for r in records for k in r}
+    for k in sorted(keys):
+        vals = [(r[k], r.get("actor/num_tokens", 0.0)) for r in records if k in r]
+        if k.startswith("loss/"):
+            out[k] = sum(v for v, _ in vals) / max(num_updates, 1)
+        elif k.endswith("_max"):
+            out[k] = max(v for v, _ in vals)
+        elif k == "actor/num_tokens":
+            out[k] = sum(v for v, _ in vals) / max(num_updates, 1)
+        elif k == "actor/grad_norm":
+            out[k] = sum(v for v, _ in vals) / len(vals)
+        else:
+            out[k] = sum(v * w for v, w in vals) / weight
+    return out
+
+
+class MetricsLogger:
+    def __init__(self, output_dir: str | Path, *, total_steps: int, config: dict, wandb_mode: str,
+                 wandb_project: str, console: str, start_step: int = 0):
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.last_eval: float | None = None
+        self.console = console
+        self._wandb = _init_wandb(output_dir, config, wandb_mode, wandb_project)
+        self._progress = None
+        if console == "rich":
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
+                                      TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+            self._task = self._progress.add_task("train", total=total_steps, completed=start_step, info="")
+            self._progress.start()
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        record = {"step": step, **{k: _clean(v) for k, v in sorted(metrics.items())}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._wandb is not None:
+            self._wandb.log(record, step=step)
+        if "eval/accuracy" in metrics:
+            self.last_eval = metrics["eval/accuracy"]
+        self._show(step, metrics)
+
+    def _show(self, step: int, m: dict[str, Any]) -> None:
+        if "reward/mean" not in m:  # eval-only record (step 0)
+            line = f"eval/accuracy {m.get('eval/accuracy', float('nan')):.3f}"
+        else:
+            acc = "-" if self.last_eval is None else f"{self.last_eval:.3f}"
+            line = (f"reward {m['reward/mean']:.3f} | eval acc {acc} | {m.get('perf/tokens_per_s', 0):.0f} tok/s | "
+                    f"gen {m.get('perf/generate_s', 0):.1f}s reward {m.get('perf/reward_s', 0):.1f}s "
+                    f"train {m.get('perf/train_s', 0):.1f}s sync {m.get('perf/sync_s', 0):.1f}s")
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, info=line)
+        else:
+            print(f"step {step}: {line}", flush=True)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # JSON has no NaN; null says "not measured"
+    return v
+
+
+def _init_wandb(output_dir, config: dict, mode: str, project: str):
+    if mode == "disabled":
+        return None
+    try:
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        return wandb.init(project=project, dir=str(output_dir), mode=mode, config=config, reinit="finish_previous")
+    except Exception as e:  # wandb must never stop a run: metrics.jsonl is the record
+        log.warning("wandb disabled (%s: %s); metrics still go to metrics.jsonl", type(e).__name__, e)
+        return None

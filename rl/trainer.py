@@ -1,0 +1,218 @@
+"""The policy trainer: W DeepSpeed data-parallel ranks, each a Ray actor (`TrainerWorker`).
+
+The driver creates the ranks (launch/cluster.py), hands every rank the same object-store reference
+to a step's samples, and each rank takes its shard of every mini-batch (`samples[m][rank::W]`).
+Per mini-batch a rank packs its shard into token-budget micro-batches; the ranks agree (all-reduce)
+on the mini-batch's total token and sequence counts *before* any backward, and on the number of
+micro-batches, so that
+- the loss is the exact global token-mean over the whole mini-batch (ALGORITHMS.md §2.9 [design]),
+- every rank runs the same number of ZeRO collectives (shorter ranks run zero-loss passes).
+DeepSpeed runs with caller-managed accumulation: backward() accumulates, step() is the boundary.
+DeepSpeed averages gradients over ranks; each rank's loss share is multiplied by W to undo that.
+
+This is the only module in rl/ that imports Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import ray
+import torch
+import torch.distributed as dist
+
+from rl.batch import MicroBatch, collate, split_by_token_budget
+from rl.policy import PolicyModule
+from rl.types import Sample
+from rl.weight_sync import full_state_dict, gather_buckets
+
+
+class TrainerWorker:
+    def __init__(self, rank: int, world_size: int, *, model_path: str, trainer_cfg: dict, model_cfg: dict,
+                 loss_params: dict, temperature: float, need_ref: bool, threads: int, seed: int):
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.rank, self.world_size = rank, world_size
+        self._init_args = dict(model_path=model_path, trainer_cfg=trainer_cfg, model_cfg=model_cfg,
+                               loss_params=loss_params, temperature=temperature, need_ref=need_ref, seed=seed)
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        """This node's IP and a free port: rank 0 hosts the torch.distributed rendezvous."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+    def setup(self, master_addr: str, master_port: int) -> int:
+        """Join the process group and build the DeepSpeed engine (all ranks call this together)."""
+        self._setup(master_addr, master_port, **self._init_args)
+        return self.rank
+
+    def _setup(self, master_addr: str, master_port: int, *, model_path: str, trainer_cfg: dict, model_cfg: dict,
+               loss_params: dict, temperature: float, need_ref: bool, seed: int) -> None:
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
+        import deepspeed
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg = trainer_cfg
+        self.loss_params, self.temperature = loss_params, temperature
+        self.zero_stage = trainer_cfg["zero_stage"]
+        use_cuda = torch.cuda.is_available() and trainer_cfg.get("gpus_per_worker", 0) > 0
+        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", auto_mpi_discovery=False)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        torch.manual_seed(seed)
+        dtype = torch.bfloat16 if (use_cuda and model_cfg["dtype"] in ("auto", "bfloat16")) else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_cfg["trust_remote_code"])
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+                                                     trust_remote_code=model_cfg["trust_remote_code"])
+        if model_cfg["gradient_checkpointing"]:
+            model.gradient_checkpointing_enable()
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.policy = PolicyModule(model)
+        optimizer = torch.optim.AdamW(self.policy.parameters(), lr=trainer_cfg["lr"],
+                                      weight_decay=trainer_cfg["weight_decay"], betas=(0.9, 0.999))
+        warmup = max(1, trainer_cfg["warmup_steps"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        ds_config = {
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "managed_gradient_accumulation": False,
+            "gradient_clipping": trainer_cfg["grad_clip"],
+            "zero_optimization": {"stage": self.zero_stage, "overlap_comm": False},
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": dtype == torch.bfloat16},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, *_ = deepspeed.initialize(model=self.policy, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=ds_config)
+        self.ref = None
+        if need_ref:  # frozen reference policy for the KL term (never wrapped by DeepSpeed)
+            self.ref = PolicyModule(AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)).to(self.device).eval()
+            for p in self.ref.parameters():
+                p.requires_grad_(False)
+
+    # -- training -----------------------------------------------------------------------------
+    def train_step(self, samples: list[Sample], num_mini_batches: int, epochs: int) -> dict[str, list]:
+        """One step's updates; returns per-micro-batch metric records for the driver to aggregate."""
+        loss_mask = [s.advantage is not None and s.reward_status == "ok" for s in samples]
+        minis = _split(list(range(len(samples))), num_mini_batches)
+        shards = [mini[self.rank::self.world_size] for mini in minis]
+        old = self._old_logprobs(samples, shards, loss_mask) if num_mini_batches * epochs > 1 else None
+        records: list[dict[str, float]] = []
+        self.engine.train()
+        for _ in range(epochs):
+            for shard in shards:
+                records += self._update(samples, shard, loss_mask, old)
+        return {"records": records, "lr": self.engine.get_lr()[0]}
+
+    def _micro_batches(self, samples, shard, loss_mask, old=None) -> list[MicroBatch]:
+        local = [samples[i] for i in shard]
+        groups = split_by_token_budget(local, self.cfg["micro_batch_tokens"]) if local else []
+        mbs = [collate(samples, [shard[j] for j in g], self.pad_id, loss_mask, old) for g in groups]
+        # every rank must run the same number of passes (ZeRO collectives); pad with empty ones
+        count = torch.tensor([len(mbs)], dtype=torch.long)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        filler = samples[shard[0]] if shard else samples[0]
+        while len(mbs) < int(count):
+            mbs.append(collate([filler], [0], self.pad_id, [False]))
+        return mbs
+
+    def _update(self, samples, shard, loss_mask, old) -> list[dict[str, float]]:
+        mbs = self._micro_batches(samples, shard, loss_mask, old)
+        counts = torch.tensor([sum(mb.num_tokens for mb in mbs), sum(mb.num_seqs for mb in mbs)], dtype=torch.float64)
+        dist.all_reduce(counts)  # global token / sequence counts of the mini-batch, before any backward
+        n_tok, n_seq = max(float(counts[0]), 1.0), max(float(counts[1]), 1.0)
+        records = []
+        for mb in mbs:
+            mb = _to(mb, self.device)
+            ref = self._ref_logprobs(mb)
+            loss, metrics = self.engine(mb, mode="loss", temperature=self.temperature,
+                                        loss_path="fused" if self.cfg["fused_loss"] else "naive",
+                                        loss_params=self.loss_params, ref_logprobs=ref,
+                                        global_num_tokens=n_tok, global_num_seqs=n_seq)
+            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+            if mb.num_tokens:
+                records.append({k: float(v) for k, v in metrics.items()})
+        self.engine.step()
+        grad_norm = self.engine.get_global_grad_norm()
+        if records and grad_norm is not None:
+            records[-1]["actor/grad_norm"] = float(grad_norm)
+        return records
+
+    @torch.no_grad()
+    def _old_logprobs(self, samples, shards, loss_mask) -> dict[int, list[float]]:
+        """Proximal-policy logprobs at the start of the step (needed when a step makes >1 update)."""
+        self.engine.eval()
+        out: dict[int, list[float]] = {}
+        for shard in shards:
+            for mb in self._micro_batches(samples, shard, loss_mask):
+                lp = self.engine(_to(mb, self.device), mode="logprobs", temperature=self.temperature).float().cpu()
+                pos = 0
+                for i in mb.sample_ids:
+                    n = len(samples[i].response_ids) if loss_mask[i] and samples[i].response_ids else 0
+                    out[i] = lp[pos:pos + n].tolist()
+                    pos += n
+        return out
+
+    @torch.no_grad()
+    def _ref_logprobs(self, mb: MicroBatch) -> torch.Tensor | None:
+        if self.ref is None or mb.num_tokens == 0:
+            return None
+        return self.ref(mb, mode="logprobs", temperature=self.temperature).float()
+
+    # -- weights out --------------------------------------------------------------------------
+    def publish_weights(self) -> list | None:
+        """Collective: gather full parameters in buckets; rank 0 returns object-store refs to them."""
+        refs = []
+        for bucket in gather_buckets(self.policy.model, zero_stage=self.zero_stage, keep=self.rank == 0):
+            if self.rank == 0:
+                refs.append(ray.put(bucket))
+        return refs if self.rank == 0 else None
+
+    @torch.no_grad()
+    def probe_logprobs(self, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
+        """Trainer-side logprobs of given sequences (the post-sync parity check)."""
+        samples = [Sample(0, 0, p, r, [0.0] * len(r), "stop", 0, advantage=0.0) for p, r in zip(prompts, responses)]
+        mb = _to(collate(samples, list(range(len(samples))), self.pad_id, [True] * len(samples)), self.device)
+        self.engine.eval()
+        lp = self.engine(mb, mode="logprobs", temperature=self.temperature).float().cpu().tolist()
+        out, pos = [], 0
+        for r in responses:
+            out.append(lp[pos:pos + len(r)])
+            pos += len(r)
+        return out
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def save_checkpoint(self, directory: str, tag: str) -> None:
+        self.engine.save_checkpoint(directory, tag=tag, save_latest=False)
+
+    def load_checkpoint(self, directory: str, tag: str) -> None:
+        path, _ = self.engine.load_checkpoint(directory, tag=tag, load_module_strict=True)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint {tag} in {directory}")
+
+    def save_hf(self, directory: str) -> None:
+        """Collective: write a Hugging Face model directory (safetensors) from rank 0."""
+        state = full_state_dict(self.policy.model, zero_stage=self.zero_stage, keep=self.rank == 0)
+        if self.rank == 0:
+            self.policy.model.save_pretrained(directory, state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(directory)
+        dist.barrier()
+
+    def ping(self) -> int:
+        return self.rank
+
+
+def _split(ids: list[int], parts: int) -> list[list[int]]:
+    size = -(-len(ids) // parts)
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+def _to(mb: MicroBatch, device: torch.device) -> MicroBatch:
+    if device.type == "cpu":
+        return mb
+    fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(mb).items()}
+    return MicroBatch(**fields)

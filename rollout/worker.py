@@ -1,0 +1,62 @@
+"""Rollout worker: a Ray actor that owns one generation engine (`hf` or `vllm`).
+
+It turns prompt requests into `Sample`s (token ids as generated, the engine's logprobs, finish
+reason, the policy version that produced them) and takes new weights from the trainer: the
+object-store transport streams one bucket at a time into `engine.load_weights`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import ray
+import torch
+
+from rl.types import Sample
+from rollout.engine import SamplingParams
+
+ENGINES = {"hf": "rollout.hf_engine:HFEngine", "vllm": "rollout.vllm:VLLMEngine"}
+
+
+def make_engine(name: str, model_path: str, **kwargs: Any):
+    if name not in ENGINES:
+        raise ValueError(f"rollout.engine={name!r}: known engines are {sorted(ENGINES)}")
+    module, cls = ENGINES[name].split(":")
+    return getattr(importlib.import_module(module), cls)(model_path, **kwargs)
+
+
+class RolloutWorker:
+    def __init__(self, engine: str, model_path: str, *, engine_kwargs: dict, threads: int = 0):
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.engine = make_engine(engine, model_path, **engine_kwargs)
+        self.tokenizer = self.engine.tokenizer
+        self.version = 0
+
+    def generate(self, requests: list[dict], params: SamplingParams) -> list[Sample]:
+        """requests: {prompt_id, group_id, prompt_ids, prompt_text, fields}; n samples per request."""
+        outputs = self.engine.generate([r["prompt_ids"] for r in requests], params)
+        texts = self.tokenizer.batch_decode([o.response_ids for o in outputs], skip_special_tokens=True)
+        samples = []
+        for out, text in zip(outputs, texts):
+            req = requests[out.prompt_index]
+            samples.append(Sample(
+                prompt_id=req["prompt_id"], group_id=req["group_id"], prompt_ids=req["prompt_ids"],
+                response_ids=out.response_ids, rollout_logprobs=out.logprobs, finish_reason=out.finish_reason,
+                policy_version=self.version, prompt_text=req["prompt_text"], response_text=text,
+                fields=req["fields"],
+            ))
+        return samples
+
+    def update_weights(self, bucket_refs: list, version: int) -> int:
+        for ref in bucket_refs:  # one bucket in memory at a time
+            self.engine.load_weights(ray.get(ref))
+        self.version = version
+        return version
+
+    def score(self, prompts: list[list[int]], responses: list[list[int]], temperature: float) -> list[list[float]]:
+        return self.engine.score(prompts, responses, temperature)
+
+    def ping(self) -> int:
+        return self.version
