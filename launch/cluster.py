@@ -30,7 +30,9 @@ def connect(cfg: Config) -> None:
                 f"`ray start --head`, fix the address, or drop ray.address to run on a local cluster"
             ) from None
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
+        # a local cluster stays on loopback: nothing listens on or talks to outside interfaces
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True,
+                 _node_ip_address="127.0.0.1")
 
 
 def _threads(requested: int, concurrent: int) -> int:

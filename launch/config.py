@@ -280,7 +280,8 @@ def _merge(base, other, source: str):
         key = e.full_key or str(e.key)
         raise ConfigError(f"{source}: unknown config key `{key}`.{_nearest(key)}") from None
     except ValidationError as e:
-        raise ConfigError(f"{source}: bad value for `{e.full_key}`: {e.msg}") from None
+        msg = str(e.msg).splitlines()[0]
+        raise ConfigError(f"{source}: bad value for `{e.full_key}`: {msg}") from None
 
 
 def _parse_overrides(overrides: list[str]):
@@ -310,6 +311,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         return OmegaConf.to_object(merged)
     except ConfigError:
         raise
+    except ValueError as e:  # a section's __post_init__ validation; its message names key and fix
+        raise ConfigError(str(e)) from None
     except OmegaConfBaseException as e:
         cause = e.__cause__ if isinstance(e.__cause__, ValueError) else None
         raise ConfigError(str(cause or e)) from None

@@ -53,6 +53,8 @@ class TrainerWorker:
                loss_params: dict, temperature: float, need_ref: bool, seed: int) -> None:
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
+        if master_addr.startswith("127."):  # single-machine cluster: keep gloo's pair sockets on loopback
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
