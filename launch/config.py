@@ -326,3 +326,36 @@ def save_config(cfg: Config, path: str | Path) -> None:
     """Write the fully resolved config (every key, defaults included) as YAML."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md: every key, its type, default and docstring (generated from the schema)."""
+    lines = ["# Configuration reference", "",
+             "Generated from the schema in `launch/config.py` and `launch/schema_algorithm.py` by",
+             "`python -m launch.config > docs/configuration.md` (a test checks it is current).",
+             "Recipes state only what differs; override any key with `dotted.key=value`.", ""]
+
+    def section(cls: type, prefix: str) -> None:
+        docs = field_docs(cls)
+        leaves = []
+        for f in dataclasses.fields(cls):
+            typ = _field_type(cls, f.name)
+            if dataclasses.is_dataclass(typ):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            type_name = getattr(typ, "__name__", str(typ)).replace("typing.", "").replace(" | ", " or ")
+            leaves.append(f"| `{prefix}{f.name}` | {type_name} | `{default!r}` | {docs.get(f.name, '').replace(chr(10), ' ')} |")
+        if leaves:
+            lines.extend([f"## `{prefix.rstrip('.')}`", "", "| key | type | default | meaning |", "|---|---|---|---|",
+                          *leaves, ""])
+        for f in dataclasses.fields(cls):
+            typ = _field_type(cls, f.name)
+            if dataclasses.is_dataclass(typ):
+                section(typ, f"{prefix}{f.name}.")
+
+    section(Config, "")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

@@ -126,7 +126,7 @@ class Driver:
         groups = self.sampler.take(B)
         samples = [s for g in groups for s in g]
         metrics = self._rollout_metrics(samples)
-        metrics.update({f"rollout/dynamic_sampling/{k}": v for k, v in self.sampler.metrics.items()})
+        metrics.update(self.sampler.metrics)
         return samples, timing, metrics
 
     def _generate_round(self, B: int, G: int, timing: dict) -> list[list[Sample]]:

@@ -96,3 +96,11 @@ def test_schema_keys_are_dotted_leaves():
     keys = schema_keys()
     assert "trainer.lr" in keys and "data.arith.num_terms" in keys and "algorithm.loss.eps_high" in keys
     assert "trainer" not in keys
+
+
+def test_configuration_reference_is_current():
+    from launch.config import reference_markdown
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    assert doc.read_text().strip() == reference_markdown().strip(), \
+        "docs/configuration.md is stale: run `python -m launch.config > docs/configuration.md`"

@@ -1,0 +1,254 @@
+"""The `algorithm:` section of the config schema: advantages, policy loss, KL, dynamic sampling, overlong.
+
+    cfg = AlgorithmConfig()                                   # GRPO advantages, DAPO-style clip-higher loss
+    adv = compute_advantages(cfg.advantage.name, rewards, group_ids, **cfg.advantage_params())
+    loss, metrics = policy_loss(logprobs, old, adv, mask, **cfg.loss_params(), global_num_tokens=n)
+    sampler = cfg.dynamic_sampling.build()                    # None when dynamic sampling is off
+
+Defaults live only here (docs/algorithms.md lists them with their papers). They equal the defaults of
+`rl.losses.policy_loss` and `rl.advantages.compute_advantages`: GRPO advantages with verl parity
+(std ddof=1, eps=1e-6), token-mean loss, clip 0.2/0.28, no dual clip, no KL, no entropy bonus, no TIS.
+Recipes in configs/ state only what differs. Works as an OmegaConf structured config (plain types and
+`X | None` only); `__post_init__` checks every value and says how to fix it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, NoReturn
+
+from rl.advantages import ADVANTAGES, SINGLETON_POLICIES, STRATA_SOURCES, advantage_param_names
+from rl.losses import AGG_MODES, KL_ESTIMATORS, RATIO_LEVELS
+from rl.sampling import DynamicSampler
+
+
+def _fail(key: str, value: Any, fix: str) -> NoReturn:
+    raise ValueError(f"algorithm.{key}={value!r}: {fix}")
+
+
+@dataclass
+class AdvantageConfig:
+    name: str = "grpo"
+    """Advantage estimator: grpo, dr_grpo (no std), rloo, reinforce_pp (REINFORCE++-baseline), stratified."""
+    std_ddof: int = 1
+    """Std of the group (grpo, stratified GN part) or batch (reinforce_pp) normaliser:
+    1 = Bessel (verl), 0 = population."""
+    eps: float = 1e-6
+    """Added to the std before dividing (verl 1e-6; a constant group gives exactly 0)."""
+    singleton: str = "zero"
+    """Groups of one answer (G=1): `zero` gives advantage 0; `raw` gives the raw reward (verl parity)."""
+    alpha: float = 0.6
+    """stratified only: blend α·SAN + (1−α)·GRPO (Stratified GRPO, α=0.6 for Qwen2.5-3B-Base)."""
+    san_std_ddof: int = 0
+    """stratified only: std convention inside a stratum; 0 makes SAN exactly unit-variance per stratum."""
+    strata_source: str | None = None
+    """stratified only: where stratum ids come from: `reward` (the reward function's "stratum" key),
+    `length_bucket`, `truncated`, `tool_calls` (reward_metrics["tool_calls"]); null = no strata."""
+    length_bucket_size: int = 512
+    """strata_source=length_bucket: response tokens per bucket (stratum = length // size)."""
+
+    def __post_init__(self) -> None:
+        if self.name not in ADVANTAGES:
+            _fail("advantage.name", self.name, f"use one of {', '.join(ADVANTAGES.names())}")
+        if self.std_ddof not in (0, 1) or self.san_std_ddof not in (0, 1):
+            _fail("advantage.std_ddof/san_std_ddof", (self.std_ddof, self.san_std_ddof), "use 0 or 1")
+        if self.eps < 0:
+            _fail("advantage.eps", self.eps, "must be >= 0 (1e-6 is verl's value)")
+        if self.singleton not in SINGLETON_POLICIES:
+            _fail("advantage.singleton", self.singleton, "use `zero` (advantage 0) or `raw` (verl: raw reward)")
+        if not 0.0 <= self.alpha <= 1.0:
+            _fail("advantage.alpha", self.alpha, "must be in [0, 1] (0 = plain GRPO, 1 = pure SAN; paper 0.6)")
+        if self.strata_source is not None and self.strata_source not in STRATA_SOURCES:
+            _fail("advantage.strata_source", self.strata_source, f"use one of {', '.join(STRATA_SOURCES)} or null")
+        if self.name == "stratified" and self.strata_source is None:
+            _fail("advantage.strata_source", None, "advantage.name=stratified needs strata: set strata_source to "
+                  "reward (the reward function returns a `stratum`), tool_calls, length_bucket or truncated")
+        if self.length_bucket_size < 1:
+            _fail("advantage.length_bucket_size", self.length_bucket_size, "must be >= 1")
+
+
+@dataclass
+class LossConfig:
+    eps_low: float = 0.2
+    """Lower clip: ratio floor 1 − eps_low for negative advantages (PPO/GRPO 0.2)."""
+    eps_high: float = 0.28
+    """Upper clip: ratio ceiling 1 + eps_high for positive advantages (DAPO clip-higher 0.28; GRPO 0.2)."""
+    clip_ratio_c: float | None = None
+    """Dual-clip bound c > 1 for negative advantages (verl 3.0, DAPO script 10.0); null disables."""
+    loss_agg_mode: str = "token-mean"
+    """token-mean (DAPO), seq-mean-token-mean (DeepSeekMath GRPO), seq-mean-token-sum,
+    seq-mean-token-sum-norm (Dr. GRPO)."""
+    ratio_level: str = "token"
+    """Importance ratio per `token` (PPO/GRPO) or per `sequence` (GSPO: geometric mean over the response)."""
+    kl_coef: float = 0.0
+    """β of the KL-to-reference term added to the loss (DeepSeekMath 0.04, R1-Zero 0.001, DAPO 0);
+    > 0 loads a reference model."""
+    kl_estimator: str = "k3"
+    """KL estimator in the loss: k1, k2, k3 (DeepSeekMath), abs, or straight-through k1+/k2+/k3+
+    (value of kN, gradient of k2)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient (loss −= coef·entropy); 0 skips the entropy computation."""
+    tis_level: str | None = None
+    """Truncated importance sampling against the rollout engine's log-probs: `token`, `sequence`, or null (off)."""
+    tis_cap: float = 2.0
+    """TIS truncation C: weights min(π_old/π_rollout, C) (verl DAPO-TIS recipe: 2.0)."""
+    loss_scale_factor: float | None = None
+    """Constant divisor S of seq-mean-token-sum-norm (Dr. GRPO: the generation budget); required for that mode."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.eps_low < 1.0:
+            _fail("loss.eps_low", self.eps_low, "must be in [0, 1); 0.2 is standard")
+        if self.eps_high < 0.0:
+            _fail("loss.eps_high", self.eps_high, "must be >= 0; 0.28 (DAPO) or 0.2 (GRPO)")
+        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1.0:
+            _fail("loss.clip_ratio_c", self.clip_ratio_c, "must be > 1 (verl 3.0, DAPO 10.0) or null")
+        if self.loss_agg_mode not in AGG_MODES:
+            _fail("loss.loss_agg_mode", self.loss_agg_mode, f"use one of {', '.join(AGG_MODES)}")
+        if self.ratio_level not in RATIO_LEVELS:
+            _fail("loss.ratio_level", self.ratio_level, "use `token` or `sequence` (GSPO)")
+        if self.kl_coef < 0:
+            _fail("loss.kl_coef", self.kl_coef, "must be >= 0 (0 disables the KL term)")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            _fail("loss.kl_estimator", self.kl_estimator, f"use one of {', '.join(KL_ESTIMATORS)}")
+        if self.tis_level is not None and self.tis_level not in RATIO_LEVELS:
+            _fail("loss.tis_level", self.tis_level, "use `token`, `sequence` or null (off)")
+        if self.tis_cap <= 0:
+            _fail("loss.tis_cap", self.tis_cap, "must be > 0 (2.0 is verl's value)")
+        if self.loss_scale_factor is not None and self.loss_scale_factor <= 0:
+            _fail("loss.loss_scale_factor", self.loss_scale_factor, "must be > 0, e.g. rollout.max_new_tokens")
+        if self.loss_agg_mode == "seq-mean-token-sum-norm" and self.loss_scale_factor is None:
+            _fail("loss.loss_scale_factor", None, "seq-mean-token-sum-norm needs a constant divisor (otherwise it "
+                  "depends on micro-batch padding): set it to the generation budget, e.g. rollout.max_new_tokens")
+
+
+@dataclass
+class KLRewardConfig:
+    enable: bool = False
+    """Subtract coef·Σ_t KL_t(π_old‖π_ref) from each sample's reward before advantages (PPO-RLHF style)
+    instead of a KL term in the loss; needs a reference model."""
+    coef: float = 0.001
+    """KL-in-reward coefficient."""
+    estimator: str = "k1"
+    """Per-token estimator summed over the response: k1, k2, k3 or abs (no gradient flows through a reward)."""
+
+    def __post_init__(self) -> None:
+        if self.coef < 0:
+            _fail("kl_in_reward.coef", self.coef, "must be >= 0")
+        if self.estimator not in ("k1", "k2", "k3", "abs"):
+            _fail("kl_in_reward.estimator", self.estimator, "use k1, k2, k3 or abs (straight-through `+` "
+                  "variants only make sense in the loss)")
+
+
+@dataclass
+class DynamicSamplingConfig:
+    enable: bool = False
+    """DAPO dynamic sampling: drop prompt groups whose `metric` is the same for every answer and generate
+    more until trainer.train_prompts informative groups are collected."""
+    metric: str = "acc"
+    """What must vary within a group: `reward` (the final reward) or a reward_metrics key (built-in verifiers
+    report `acc`). Filter on accuracy, not the shaped reward: overlong shaping alone can make a group vary."""
+    max_rounds: int | None = 10
+    """Generation rounds per step before giving up with an error (DAPO script: 10); null = unlimited."""
+    carry_surplus: bool = True
+    """Keep informative groups beyond train_prompts for the next step (false: discard them, as verl does)."""
+
+    def __post_init__(self) -> None:
+        if not self.metric:
+            _fail("dynamic_sampling.metric", self.metric, "name `reward` or a reward_metrics key such as `acc`")
+        if self.max_rounds is not None and self.max_rounds < 1:
+            _fail("dynamic_sampling.max_rounds", self.max_rounds, "must be >= 1, or null for no limit")
+
+    def build(self) -> DynamicSampler | None:
+        """The driver's sampler for these settings (None when disabled)."""
+        if not self.enable:
+            return None
+        return DynamicSampler(partial(sample_metric, key=self.metric), max_rounds=self.max_rounds,
+                              carry_surplus=self.carry_surplus)
+
+
+def sample_metric(sample: Any, key: str) -> float:
+    """`sample.reward` for key "reward", else `sample.reward_metrics[key]` (an `rl.types.Sample`)."""
+    if key == "reward":
+        value = sample.reward
+    else:
+        if key not in sample.reward_metrics:
+            raise KeyError(
+                f"dynamic sampling metric {key!r} missing from sample (prompt_id={getattr(sample, 'prompt_id', '?')}) "
+                f"reward_metrics {sorted(sample.reward_metrics)}: make the reward function return it, or set "
+                "algorithm.dynamic_sampling.metric=reward"
+            )
+        value = sample.reward_metrics[key]
+    if value is None:
+        raise ValueError(f"dynamic sampling: sample prompt_id={getattr(sample, 'prompt_id', '?')} has no {key}; "
+                         "drop failed rewards first (algorithm.mask_reward_errors)")
+    return float(value)
+
+
+@dataclass
+class OverlongConfig:
+    shaping: bool = False
+    """DAPO soft overlong punishment (eq. 13): penalty 0 → −1 over the last `buffer` tokens of max_new_tokens."""
+    buffer: int | None = None
+    """L_cache, in tokens; null = rollout.max_new_tokens // 5 (DAPO: 4096 of 20480)."""
+    penalty_factor: float = 1.0
+    """Scale of the overlong penalty (verl overlong_penalty_factor)."""
+    filtering: bool = False
+    """DAPO overlong filtering: truncated answers (finish reason `length`) get loss mask 0 (their rewards still
+    enter the group statistics)."""
+
+    def __post_init__(self) -> None:
+        if self.buffer is not None and self.buffer < 1:
+            _fail("overlong.buffer", self.buffer, "must be >= 1 token, or null for rollout.max_new_tokens // 5")
+        if self.penalty_factor < 0:
+            _fail("overlong.penalty_factor", self.penalty_factor, "must be >= 0")
+
+    def resolved_buffer(self, max_new_tokens: int) -> int:
+        """The buffer length for a given generation budget; errors if it does not fit."""
+        buffer = self.buffer if self.buffer is not None else max(1, max_new_tokens // 5)
+        if buffer > max_new_tokens:
+            _fail("overlong.buffer", buffer, f"must be <= rollout.max_new_tokens={max_new_tokens}")
+        return buffer
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    """How rewards become advantages (rl/advantages.py)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Policy-gradient loss (rl/losses.py policy_loss)."""
+    kl_in_reward: KLRewardConfig = field(default_factory=KLRewardConfig)
+    """Optional KL penalty in the reward (alternative to loss.kl_coef)."""
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+    """DAPO dynamic sampling (rl/sampling.py DynamicSampler)."""
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
+    """DAPO overlong reward shaping and filtering."""
+    mask_reward_errors: bool = True
+    """Samples whose reward function raised or timed out are excluded from the loss and from group statistics
+    (false: they get reward 0 and train like any other sample)."""
+
+    def __post_init__(self) -> None:
+        if self.kl_in_reward.enable and self.loss.kl_coef > 0:
+            _fail("kl_in_reward.enable", True, "KL is already in the loss (algorithm.loss.kl_coef > 0); use one: "
+                  "set loss.kl_coef=0 or kl_in_reward.enable=false")
+
+    def advantage_params(self) -> dict[str, Any]:
+        """Keyword params of `compute_advantages` for `advantage.name` (only those that estimator accepts)."""
+        return {k: getattr(self.advantage, k) for k in advantage_param_names(self.advantage.name)
+                if hasattr(self.advantage, k)}
+
+    def loss_params(self) -> dict[str, Any]:
+        """Keyword params of `policy_loss` (the trainer adds tensors and global counts)."""
+        lc = self.loss
+        return {
+            "eps_low": lc.eps_low, "eps_high": lc.eps_high, "clip_ratio_c": lc.clip_ratio_c,
+            "loss_agg_mode": lc.loss_agg_mode, "ratio_level": lc.ratio_level,
+            "kl_coef": lc.kl_coef, "kl_estimator": lc.kl_estimator, "entropy_coef": lc.entropy_coef,
+            "tis_cap": lc.tis_cap if lc.tis_level is not None else None, "tis_level": lc.tis_level or "token",
+            "loss_scale_factor": lc.loss_scale_factor,
+        }
+
+    @property
+    def needs_reference(self) -> bool:
+        """True when a reference model must be loaded (KL in the loss or in the reward)."""
+        return self.loss.kl_coef > 0 or self.kl_in_reward.enable

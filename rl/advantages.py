@@ -1,0 +1,271 @@
+"""Outcome advantages from per-sample rewards: GRPO, Dr. GRPO, RLOO, REINFORCE++-baseline, Stratified GRPO.
+
+    adv = compute_advantages("grpo", rewards, group_ids)                       # (N,)
+    adv = compute_advantages("stratified", rewards, group_ids, strata=strata_from_keys(keys), alpha=0.6)
+
+Every estimator is registered with `@register_advantage(name)` and has ONE signature:
+
+    fn(rewards (N,) float64, group_ids (N,) long, *, strata (N,) long | None, **keyword params) -> (N,) float64
+
+`compute_advantages` validates inputs and params, computes in float64 and returns the rewards' float
+dtype (float32 for integer rewards). The driver never special-cases a name; the config maps its fields
+to an entry's params with `advantage_param_names(name)`.
+
+Groups are keyed by `group_ids` (any integers; one id per prompt per generation round, see
+ALGORITHMS.md §1.2) and reduced with scatter ops, so there is no Python loop over groups. The slow
+loop reference that checks these kernels lives in tests/unit/test_advantages.py.
+
+Groups of size 1 (G=1): the group mean is the sample itself, so there is no baseline. `singleton="zero"`
+(default, ALGORITHMS.md §1.6 [design]) returns advantage 0; `singleton="raw"` reproduces verl
+(mean := 0, std := 1, i.e. the raw score).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rl.registry import Registry
+
+ADVANTAGES: Registry[Callable[..., Tensor]] = Registry("advantage")
+register_advantage = ADVANTAGES.register
+
+SINGLETON_POLICIES = ("zero", "raw")
+STRATA_SOURCES = ("reward", "length_bucket", "truncated", "tool_calls")
+
+
+def compute_advantages(
+    name: str, rewards: Tensor, group_ids: Tensor, *, strata: Tensor | None = None, **params: Any
+) -> Tensor:
+    """Per-sample advantages (N,) for rewards (N,) grouped by group_ids (N,); see the module docstring."""
+    fn = ADVANTAGES.get(name)
+    accepted = advantage_param_names(name)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise TypeError(f"advantage {name!r} got unknown params {unknown}; it accepts {accepted}")
+    out_dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
+    r, g, s = _validate(rewards, group_ids, strata)
+    return fn(r, g, strata=s, **params).to(out_dtype)
+
+
+def advantage_param_names(name: str) -> list[str]:
+    """Keyword params (besides `strata`) that the estimator `name` accepts, e.g. ["eps", "singleton", "std_ddof"]."""
+    sig = inspect.signature(ADVANTAGES.get(name))
+    return sorted(p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY and p.name != "strata")
+
+
+# --------------------------------------------------------------------------- estimators
+
+
+@register_advantage("grpo")
+def grpo(
+    rewards: Tensor, group_ids: Tensor, *, strata: Tensor | None = None,
+    std_ddof: int = 1, eps: float = 1e-6, singleton: str = "zero",
+) -> Tensor:
+    """GRPO, DeepSeekMath (arXiv 2402.03300) §4.1.2: Â_i = (r_i − mean_g) / (std_g + eps).
+
+    std_ddof=1, eps=1e-6 is verl parity (ALGORITHMS.md §1.2). A constant group gives exactly 0.
+    """
+    _check_ddof(std_ddof, eps, singleton)
+    idx, n_groups = _group_index(group_ids)
+    mean, std, count = _group_stats(rewards, idx, n_groups, std_ddof)
+    adv = _safe_div(rewards - mean, std + eps)
+    # verl's G=1 case: mean := 0, std := 1, so Â = r / (1 + eps).
+    return _apply_singleton(adv, count, singleton, raw=rewards / (1.0 + eps))
+
+
+@register_advantage("dr_grpo")
+def dr_grpo(
+    rewards: Tensor, group_ids: Tensor, *, strata: Tensor | None = None, singleton: str = "zero"
+) -> Tensor:
+    """Dr. GRPO (arXiv 2503.20783) §3.1: Â_i = r_i − mean_g, no std division (it biases towards
+    easy/hard prompts). verl: `norm_adv_by_std_in_grpo=False`."""
+    _check_ddof(0, 0.0, singleton)
+    idx, n_groups = _group_index(group_ids)
+    mean, _, count = _group_stats(rewards, idx, n_groups, 0)
+    return _apply_singleton(rewards - mean, count, singleton, raw=rewards)
+
+
+@register_advantage("rloo")
+def rloo(rewards: Tensor, group_ids: Tensor, *, strata: Tensor | None = None, singleton: str = "zero") -> Tensor:
+    """RLOO (Ahmadian et al. arXiv 2402.14740, eq. 6): Â_i = r_i − mean_{j≠i} r_j = n/(n−1)·(r_i − mean_g)."""
+    _check_ddof(0, 0.0, singleton)
+    idx, n_groups = _group_index(group_ids)
+    mean, _, count = _group_stats(rewards, idx, n_groups, 0)
+    adv = (rewards - mean) * count / (count - 1).clamp(min=1)
+    return _apply_singleton(adv, count, singleton, raw=rewards)
+
+
+@register_advantage("reinforce_pp")
+def reinforce_pp(
+    rewards: Tensor, group_ids: Tensor, *, strata: Tensor | None = None,
+    std_ddof: int = 1, eps: float = 1e-6, singleton: str = "zero",
+) -> Tensor:
+    """REINFORCE++-baseline (Hu, arXiv 2501.03262, §3): subtract the group mean, then whiten across
+    the whole batch: Â = (x − mean_batch(x)) / (std_batch(x) + eps), x_i = r_i − mean_g.
+
+    Semantics chosen here: batch statistics over SAMPLES (ddof=std_ddof). verl and OpenRLHF whiten the
+    token-broadcast advantages over valid TOKENS (each sample weighted by its length, Bessel over
+    tokens, `x·rsqrt(var + 1e-8)`); the two agree when all responses have equal length, up to eps.
+    A sample-level statistic keeps this function mask-free like every other entry. Singletons under
+    `singleton="zero"` are left out of the batch statistics and get 0.
+    """
+    _check_ddof(std_ddof, eps, singleton)
+    idx, n_groups = _group_index(group_ids)
+    mean, _, count = _group_stats(rewards, idx, n_groups, 0)
+    x = _apply_singleton(rewards - mean, count, singleton, raw=rewards)
+    used = (count > 1) | (singleton == "raw")  # (N,) samples entering the batch statistics
+    n = int(used.sum())
+    if n == 0:
+        return torch.zeros_like(rewards)
+    mu = x[used].mean()
+    sigma = x[used].std(correction=std_ddof) if n > std_ddof else x.new_zeros(())
+    return torch.where(used, _safe_div(x - mu, sigma + eps), torch.zeros_like(x))
+
+
+@register_advantage("stratified")
+def stratified(
+    rewards: Tensor, group_ids: Tensor, *, strata: Tensor | None = None,
+    alpha: float = 0.6, std_ddof: int = 1, eps: float = 1e-6, singleton: str = "zero", san_std_ddof: int = 0,
+) -> Tensor:
+    """Stratified GRPO (Zhu et al. arXiv 2510.06214; ALGORITHMS.md §3.2):
+    Â = α·Â_SAN + (1−α)·Â_GN, with Â_SAN = (r_i − mean_k)/(std_k + eps) over the stratum k of sample i
+    inside its prompt group, and Â_GN identical to "grpo" (std_ddof, eps, singleton).
+
+    SAN uses population std (san_std_ddof=0), which makes its per-stratum unit variance exact; singleton
+    and constant strata give Â_SAN = 0, so the blend keeps the (1−α) global signal (§3.5).
+    """
+    if strata is None:
+        raise ValueError(
+            "advantage 'stratified' needs strata ids (N,): pass strata=..., e.g. from strata_from_samples(); "
+            "in the config set algorithm.advantage.strata_source"
+        )
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"stratified: alpha={alpha} must be in [0, 1] (0 = plain GRPO, 1 = pure SAN)")
+    _check_ddof(san_std_ddof, eps, singleton)
+    gn = grpo(rewards, group_ids, std_ddof=std_ddof, eps=eps, singleton=singleton)
+    # Strata live inside a prompt group: key = (group, stratum) pair.
+    pairs = torch.stack([group_ids, strata], dim=1)  # (N, 2)
+    idx, n_cells = _group_index(pairs)
+    mean_k, std_k, count_k = _group_stats(rewards, idx, n_cells, san_std_ddof)
+    san = _safe_div(rewards - mean_k, std_k + eps)
+    san = torch.where(count_k > 1, san, torch.zeros_like(san))
+    return alpha * san + (1.0 - alpha) * gn
+
+
+# --------------------------------------------------------------------------- strata ids
+
+
+def strata_from_keys(keys: Sequence[str | int | None]) -> Tensor:
+    """Integer stratum ids (N,) long from hashable keys, numbered by first appearance; None -> -1.
+
+    `None` (e.g. a reward function that reported no "stratum") forms one stratum of its own.
+    Ids only need to be equal/unequal: strata are always intersected with prompt groups.
+    """
+    table: dict[str | int, int] = {}
+    out = [-1 if k is None else table.setdefault(k, len(table)) for k in keys]
+    return torch.tensor(out, dtype=torch.long)
+
+
+def length_bucket(lengths: Tensor, bucket_size: int) -> Tensor:
+    """Stratum id = response length // bucket_size, e.g. bucket 512: 0..511 -> 0, 512..1023 -> 1."""
+    if bucket_size < 1:
+        raise ValueError(f"length_bucket: bucket_size={bucket_size} must be >= 1")
+    return torch.as_tensor(lengths, dtype=torch.long) // bucket_size
+
+
+def strata_from_samples(samples: Sequence[Any], source: str, *, length_bucket_size: int = 512) -> Tensor:
+    """Stratum ids (N,) from sample properties (duck-typed `rl.types.Sample`), by `source`:
+
+    - "reward":        `sample.stratum`, the "stratum" key a reward function returned (None -> -1).
+    - "length_bucket": `len(sample.response_ids) // length_bucket_size`.
+    - "truncated":     1 if `sample.finish_reason == "length"` else 0.
+    - "tool_calls":    `sample.reward_metrics["tool_calls"]`, the number of tool/search calls
+                       (the paper's ψ(τ), arXiv 2510.06214); an agent reward must report it.
+    """
+    if source == "reward":
+        return strata_from_keys([s.stratum for s in samples])
+    if source == "length_bucket":
+        return length_bucket(torch.tensor([len(s.response_ids) for s in samples], dtype=torch.long), length_bucket_size)
+    if source == "truncated":
+        return torch.tensor([int(s.finish_reason == "length") for s in samples], dtype=torch.long)
+    if source == "tool_calls":
+        out = []
+        for i, s in enumerate(samples):
+            if "tool_calls" not in s.reward_metrics:
+                raise ValueError(
+                    f"strata_source='tool_calls' but sample {i} (prompt_id={getattr(s, 'prompt_id', '?')}) has no "
+                    "reward_metrics['tool_calls']: make the reward function return {'reward': ..., 'tool_calls': n} "
+                    "or pick another algorithm.advantage.strata_source"
+                )
+            out.append(int(s.reward_metrics["tool_calls"]))
+        return torch.tensor(out, dtype=torch.long)
+    raise ValueError(f"unknown strata source {source!r}; use one of {', '.join(STRATA_SOURCES)}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _validate(rewards: Tensor, group_ids: Tensor, strata: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D (N,), got shape {tuple(rewards.shape)}")
+    if group_ids.shape != rewards.shape or group_ids.is_floating_point():
+        raise ValueError(f"group_ids must be an integer tensor of shape {tuple(rewards.shape)}, got "
+                         f"{group_ids.dtype} {tuple(group_ids.shape)}")
+    if strata is not None and (strata.shape != rewards.shape or strata.is_floating_point()):
+        raise ValueError(f"strata must be an integer tensor of shape {tuple(rewards.shape)}, got "
+                         f"{strata.dtype} {tuple(strata.shape)}")
+    r = rewards.to(torch.float64)
+    bad = ~torch.isfinite(r)
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"rewards has {int(bad.sum())} non-finite value(s) (first at index {i}: {r[i].item()}); drop samples "
+            "whose reward failed (algorithm.mask_reward_errors) or give them a finite reward before advantages"
+        )
+    return r, group_ids.long(), None if strata is None else strata.long()
+
+
+def _group_index(keys: Tensor) -> tuple[Tensor, int]:
+    """Dense group index (N,) in [0, n_groups) for arbitrary integer keys (N,) or key tuples (N, k)."""
+    if keys.numel() == 0:
+        return keys.new_zeros(0, dtype=torch.long), 0
+    _, inverse = torch.unique(keys, dim=0 if keys.dim() > 1 else None, return_inverse=True)
+    return inverse, int(inverse.max()) + 1
+
+
+def _group_stats(x: Tensor, idx: Tensor, n_groups: int, ddof: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample group mean, std (given ddof) and group size, each (N,), via scatter sums.
+
+    Two-pass (mean, then centred squares) for accuracy. A group of size <= ddof gets std 0 (the
+    callers' singleton rule decides its advantage)."""
+    count = x.new_zeros(n_groups).index_add_(0, idx, torch.ones_like(x))  # (n_groups,)
+    mean = x.new_zeros(n_groups).index_add_(0, idx, x) / count
+    dev = x - mean[idx]  # (N,)
+    sq = x.new_zeros(n_groups).index_add_(0, idx, dev * dev)
+    std = (sq / (count - ddof).clamp(min=1)).sqrt()
+    return mean[idx], std[idx], count[idx]
+
+
+def _safe_div(num: Tensor, den: Tensor) -> Tensor:
+    """num / den, with 0 where den == 0 (a constant group with eps=0 gives 0, not NaN)."""
+    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+def _apply_singleton(adv: Tensor, count: Tensor, policy: str, *, raw: Tensor) -> Tensor:
+    """Groups of one sample: 0 ("zero") or the estimator's verl value `raw` ("raw")."""
+    alone = count == 1
+    return torch.where(alone, raw if policy == "raw" else torch.zeros_like(adv), adv)
+
+
+def _check_ddof(ddof: int, eps: float, singleton: str) -> None:
+    if ddof not in (0, 1):
+        raise ValueError(f"std ddof={ddof}: use 1 (Bessel, torch.std / verl) or 0 (population)")
+    if eps < 0:
+        raise ValueError(f"eps={eps} must be >= 0")
+    if singleton not in SINGLETON_POLICIES:
+        raise ValueError(f"singleton={singleton!r}: use 'zero' (G=1 gives advantage 0) or 'raw' (verl: raw score)")
