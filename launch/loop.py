@@ -75,7 +75,7 @@ class Driver:
             self.step = step
             t0 = time.perf_counter()
             samples, timing, rollout_metrics = self.collect()  # steps 1-4
-            metrics = {**rollout_metrics, **self.compute_advantages(samples)}  # step 5
+            metrics = {**rollout_metrics, **self.kl_in_reward(samples), **self.compute_advantages(samples)}  # step 5
 
             t_train = time.perf_counter()
             ref = ray.put(samples)
@@ -166,10 +166,13 @@ class Driver:
         parts = ray.get([w.score.remote(rows[i::K]) for i, w in enumerate(self.w.reward)])
         for i, part in enumerate(parts):
             for s, res in zip(samples[i::K], part):
-                s.reward, s.reward_status, s.reward_metrics = res.reward, res.status, dict(res.metrics)
-                s.stratum = res.stratum
+                s.reward, s.reward_status, s.stratum = res.reward, res.status, res.stratum
+                s.reward_metrics = {k.removeprefix("reward/"): v for k, v in res.metrics.items()}
                 if res.status != "ok" and not self.cfg.algorithm.mask_reward_errors:
                     s.reward, s.reward_status = 0.0, "ok"
+                if s.reward is not None:
+                    s.reward_metrics["acc"] = accuracy(s)
+
 
     def _shape_rewards(self, samples: list[Sample]) -> None:
         """DAPO soft overlong punishment (added to the reward; accuracy metrics untouched)."""
@@ -185,6 +188,20 @@ class Driver:
                 s.reward += p
 
     # -- step 5: advantages ----------------------------------------------------------------------
+    def kl_in_reward(self, samples: list[Sample]) -> dict[str, float]:
+        """Optional PPO-RLHF-style penalty: reward −= coef · Σ_t KL_t(π_θ‖π_ref), before advantages."""
+        kr = self.cfg.algorithm.kl_in_reward
+        if not kr.enable:
+            return {}
+        ref = ray.put(samples)
+        parts = ray.get([t.sequence_kl.remote(ref, kr.estimator) for t in self.w.trainer])
+        kl = {i: v for part in parts for i, v in part.items()}
+        for i, s in enumerate(samples):
+            if s.reward is not None:
+                s.reward_metrics["kl"] = kl[i]
+                s.reward -= kr.coef * kl[i]
+        return {"reward/kl_penalty_mean": kr.coef * sum(kl.values()) / len(kl)}
+
     def compute_advantages(self, samples: list[Sample]) -> dict[str, float]:
         alg = self.cfg.algorithm
         ok = [s for s in samples if s.reward_status == "ok" and s.reward is not None]
@@ -246,8 +263,7 @@ class Driver:
         samples = self._generate(requests, params)
         self._score(samples)
         ok = [s for s in samples if s.reward_status == "ok" and s.reward is not None]
-        # accuracy: the verifier's `acc` when it reports one, else a positive reward counts as correct
-        correct = [float(s.reward_metrics.get("acc", s.reward > 0)) for s in ok]
+        correct = [s.reward_metrics["acc"] for s in ok]
         return {"eval/accuracy": sum(correct) / len(samples), "eval/reward_mean": sum(s.reward for s in ok) / max(len(ok), 1),
                 "eval/num_prompts": len(samples)}
 
@@ -287,3 +303,15 @@ class Driver:
     def close(self) -> None:
         if hasattr(self, "logger"):
             self.logger.close()
+
+
+def accuracy(sample: Sample) -> float:
+    """A sample's correctness: the mean of the `acc` its reward functions report, else reward > 0.
+
+    Dynamic sampling filters on it and eval reports it; it is taken before overlong shaping, so a
+    length penalty alone never makes a group look informative (DAPO §3.2).
+    """
+    reported = [v for k, v in sample.reward_metrics.items() if k == "acc" or k.endswith("/acc")]
+    if reported:
+        return float(sum(reported) / len(reported))
+    return float(sample.reward > 0)

@@ -147,16 +147,41 @@ class TrainerWorker:
     @torch.no_grad()
     def _old_logprobs(self, samples, shards, loss_mask) -> dict[int, list[float]]:
         """Proximal-policy logprobs at the start of the step (needed when a step makes >1 update)."""
+        return self._per_sample_logprobs(samples, shards, loss_mask, with_ref=False)[0]
+
+    @torch.no_grad()
+    def _per_sample_logprobs(self, samples, shards, loss_mask, with_ref: bool):
+        """{sample index: current-policy logprobs} (and the reference's) for the given shards."""
         self.engine.eval()
-        out: dict[int, list[float]] = {}
+        cur: dict[int, list[float]] = {}
+        ref: dict[int, list[float]] = {}
         for shard in shards:
             for mb in self._micro_batches(samples, shard, loss_mask):
-                lp = self.engine(_to(mb, self.device), mode="logprobs", temperature=self.temperature).float().cpu()
+                mb = _to(mb, self.device)
+                lp = self.engine(mb, mode="logprobs", temperature=self.temperature).float().cpu()
+                rp = self._ref_logprobs(mb) if with_ref else None
                 pos = 0
                 for i in mb.sample_ids:
                     n = len(samples[i].response_ids) if loss_mask[i] and samples[i].response_ids else 0
-                    out[i] = lp[pos:pos + n].tolist()
+                    cur[i] = lp[pos:pos + n].tolist()
+                    if rp is not None:
+                        ref[i] = rp[pos:pos + n].cpu().tolist()
                     pos += n
+        return cur, ref
+
+    def sequence_kl(self, samples: list[Sample], estimator: str) -> dict[int, float]:
+        """Σ_t KL_t(π_θ ‖ π_ref) per sample of this rank's shard (KL-in-reward, before advantages)."""
+        from rl.losses import kl_penalty
+
+        shard = list(range(len(samples)))[self.rank::self.world_size]
+        mask = [bool(s.response_ids) for s in samples]
+        cur, ref = self._per_sample_logprobs(samples, [shard], mask, with_ref=True)
+        out = {}
+        for i in shard:
+            if cur.get(i):
+                out[i] = float(kl_penalty(torch.tensor(cur[i]), torch.tensor(ref[i]), estimator).sum())
+            else:
+                out[i] = 0.0
         return out
 
     @torch.no_grad()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,18 +29,21 @@ def _free_port() -> int:
 
 
 @pytest.fixture()
-def ray_head(tmp_path):
+def ray_head():
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    # Ray's unix sockets live under --temp-dir; pytest's tmp paths can exceed the 107-byte socket limit
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     gcs, dash = _free_port(), _free_port()
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
     subprocess.run(ray + ["start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-                          f"--temp-dir={tmp_path / 'ray'}", "--disable-usage-stats"],
+                          f"--temp-dir={temp_dir}", "--disable-usage-stats"],
                    check=True, env=env, capture_output=True, timeout=180)
     try:
         yield f"http://127.0.0.1:{dash}", env
     finally:
         subprocess.run(ray + ["stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_ray_job_submit_debug_cpu(ray_head, tmp_path):
@@ -48,7 +53,7 @@ def test_ray_job_submit_debug_cpu(ray_head, tmp_path):
            f"--working-dir={ROOT}", "--runtime-env-json", json.dumps({"excludes": ["outputs/", ".git/", "wandb/"]}),
            "--", "python", "-m", "launch.train", "configs/debug_cpu.yaml", f"trainer.output_dir={out}",
            "trainer.total_steps=2", f"model.cache_dir={tmp_path / 'models'}"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0 and "succeeded" in proc.stdout + proc.stderr, proc.stdout[-4000:] + proc.stderr[-4000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2]
