@@ -9,11 +9,34 @@ GPUs the actors ask for `gpus_per_worker`.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import asdict, dataclass
 
 import ray
 
 from launch.config import Config, ConfigError
+
+
+def check_reachable(cfg: Config, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when a configured cluster address does not answer.
+
+    ray.init retries an unreachable GCS for minutes; a TCP connect to host:port tells at once.
+    """
+    address = cfg.ray.address
+    if not address or address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"ray.address={address}: write it as host:port (the head's GCS port, default 6379), "
+                          f"ray://host:port for Ray Client, or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(
+            f"ray.address={address}: nothing answers there ({e.strerror or e}). Start a cluster with `ray start --head`, "
+            f"fix the address, or drop ray.address to run on a local cluster"
+        ) from None
 
 
 def connect(cfg: Config) -> None:

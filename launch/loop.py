@@ -24,7 +24,7 @@ import ray
 import torch
 
 from launch import checkpoint
-from launch.cluster import Workers, connect, create_workers
+from launch.cluster import Workers, check_reachable, connect, create_workers
 from launch.config import Config, save_config
 from launch.metrics import MetricsLogger, aggregate_trainer_records
 from launch.prepare import Prepared, prepare
@@ -39,6 +39,7 @@ log = logging.getLogger("rlvr")
 
 def run(cfg: Config) -> Path:
     """Train per `cfg`; returns the output directory (holding final/)."""
+    check_reachable(cfg)
     prep = prepare(cfg)  # validates data, rewards and the model path before any model is loaded
     out = Path(cfg.trainer.output_dir)
     out.mkdir(parents=True, exist_ok=True)
