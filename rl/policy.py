@@ -64,7 +64,10 @@ class PolicyModule(nn.Module):
             return self._call_head(lambda h, w: token_logprobs_entropy(
                 h, w, mb.targets, temperature=temperature, with_entropy=False)[0], hidden)
         params = dict(loss_params or {})
-        fusable = params.get("loss_agg_mode", "token-mean") == "token-mean" and params.get("ratio_level", "token") == "token"
+        # the fused op covers the token-mean loss with token-level ratios and TIS weights; the rest is exact
+        # through the chunked logprob op + policy_loss
+        fusable = (params.get("loss_agg_mode", "token-mean") == "token-mean" and params.get("ratio_level", "token") == "token"
+                   and (params.get("tis_cap") is None or params.get("tis_level", "token") == "token"))
         if loss_path == "fused" and fusable:
             return self._call_head(lambda h, w: self._fused_loss(h, w, mb, temperature, params, ref_logprobs,
                                                                  global_num_tokens), hidden)

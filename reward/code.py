@@ -1,0 +1,219 @@
+"""Built-in `code` verifier: run the completion's Python against the row's tests in a sandbox.
+
+The program is the last ```python fenced block of the completion (the whole completion if it
+has none). Each test runs in its own one-shot child (reward/sandbox.py run as a script) with
+rlimits, a wall-clock limit and capped output; the reward is the fraction of tests passed.
+Inside a RewardRunner worker the child nests in the worker's sandbox (no network, the worker's
+private /tmp and uid); called anywhere else it builds its own (see reward/sandbox.py). The
+row's `tests` column is one of:
+
+    ["assert add(1, 2) == 3", ...]                 assert snippets, run after the program
+    [{"input": "1 2\\n", "output": "3\\n"}, ...]     stdin/stdout pairs (whitespace at line ends ignored)
+    {"inputs": [...], "outputs": [...]}            the same pairs, APPS/CodeContests style
+    or a JSON string of any of these.
+
+An assert test passes only if a random marker, printed after the test, reaches the output:
+`sys.exit(0)` at the top of a solution does not pass. It is not a defence against code that
+inspects the harness's own frames.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from reward import sandbox
+from reward.types import time_left
+
+TEST_TIMEOUT_S = 2.0
+"""Wall-clock limit of one test; all tests together also stop before the call's deadline."""
+OUTPUT_CAP_BYTES = 1 << 20
+"""A test's stdout beyond this fails the test (the child is killed)."""
+CHILD_LIMITS = sandbox.Limits(memory_mb=1024, file_size_mb=16, max_processes=16, tmpfs_mb=64)
+
+_FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def extract_code(completion: str) -> str:
+    """The last python (or unlabelled) fenced block; the whole completion when there is none.
+
+    >>> extract_code("Here:\\n```python\\nprint(1)\\n```\\nand\\n```python\\nprint(2)\\n```")
+    'print(2)\\n'
+    >>> extract_code("x = 1")
+    'x = 1'
+    """
+    blocks = [body for lang, body in _FENCE_RE.findall(completion) if lang.lower() in ("", "python", "py", "python3")]
+    return blocks[-1] if blocks else completion
+
+
+def parse_tests(tests: Any) -> list[dict[str, str]]:
+    """Normalise the `tests` column to [{"test": ...} | {"input": ..., "output": ...}]."""
+    if isinstance(tests, str):
+        try:
+            tests = json.loads(tests)
+        except ValueError:
+            tests = [tests]
+    if isinstance(tests, dict) and "inputs" in tests and "outputs" in tests:
+        tests = [{"input": i, "output": o} for i, o in zip(tests["inputs"], tests["outputs"])]
+    if isinstance(tests, str):
+        tests = [tests]
+    if not isinstance(tests, list) or not tests:
+        raise ValueError(f"`tests` must be a non-empty list of assert strings or input/output pairs, got {tests!r:.200}")
+    out = []
+    for t in tests:
+        if isinstance(t, str):
+            out.append({"test": t})
+        elif isinstance(t, dict) and "input" in t and "output" in t:
+            out.append({"input": str(t["input"]), "output": str(t["output"])})
+        else:
+            raise ValueError(f"cannot read test {t!r:.200}: expected an assert string or {{'input', 'output'}}")
+    return out
+
+
+def code_reward(prompt: str, completion: str, *, tests: Any, **sample: Any) -> dict[str, float]:
+    """Fraction of the row's tests that the completion's program passes.
+
+    >>> code_reward("Write add.", "```python\\ndef add(a, b):\\n    return a + b\\n```",
+    ...             tests=["assert add(1, 2) == 3", "assert add(2, 2) == 5"])
+    {'reward': 0.5, 'passed': 1.0, 'num_tests': 2.0}
+    >>> code_reward("Echo the sum.", "print(sum(map(int, input().split())))",
+    ...             tests=[{"input": "1 2\\n", "output": "3\\n"}])
+    {'reward': 1.0, 'passed': 1.0, 'num_tests': 1.0}
+    >>> code_reward("Cheat.", "import sys; sys.exit(0)", tests=["assert False"])["reward"]
+    0.0
+    """
+    cases = parse_tests(tests)
+    program = extract_code(completion)
+    end = time.monotonic() + time_left(default=len(cases) * TEST_TIMEOUT_S + 1.0) - 0.5
+    passed = 0
+    for case in cases:
+        budget = min(TEST_TIMEOUT_S, end - time.monotonic())
+        if budget <= 0.05:
+            break  # out of time: the remaining tests count as failed, not as a timeout
+        passed += _run_case(program, case, budget)
+    return {"reward": passed / len(cases), "passed": float(passed), "num_tests": float(len(cases))}
+
+
+def _run_case(program: str, case: dict[str, str], timeout_s: float) -> bool:
+    nonce = secrets.token_hex(16)
+    workdir = tempfile.mkdtemp(prefix="code-")
+    limits = dict(vars(CHILD_LIMITS), cpu_s=timeout_s + 1)
+    job = {"limits": limits, "workdir": workdir, "solution": program, "nonce": nonce}
+    if "test" in case:
+        job.update(mode="assert", test=case["test"])
+    else:
+        job.update(mode="io", input=case["input"])
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    if sandbox.ENV_LEVEL in os.environ:
+        env[sandbox.ENV_LEVEL] = os.environ[sandbox.ENV_LEVEL]
+    try:
+        argv = [sys.executable, "-I", sandbox.__file__]
+        rc, out, timed_out = run_capped(argv, json.dumps(job).encode(), timeout_s, OUTPUT_CAP_BYTES, env, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if rc != 0 or timed_out:
+        return False
+    text = out.decode(errors="replace")
+    if "test" in case:
+        return text.rstrip("\n").rsplit("\n", 1)[-1] == nonce
+    return _normalize(text) == _normalize(case["output"])
+
+
+def _normalize(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.strip().splitlines())
+
+
+def run_capped(
+    argv: list[str], stdin: bytes, timeout_s: float, cap_bytes: int, env: dict[str, str], cwd: str
+) -> tuple[int | None, bytes, bool]:
+    """Run argv with `stdin`, a wall-clock limit and at most `cap_bytes` of stdout kept.
+
+    Returns (returncode, stdout, timed_out); the returncode is None when the output went over
+    the cap. The child's whole process group is killed on return, and so is its sandbox uid.
+    """
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        env=env, cwd=cwd, start_new_session=True,
+    )
+    out, pending, timed_out, over = bytearray(), memoryview(stdin), False, False
+    deadline = time.monotonic() + timeout_s
+    assert proc.stdin is not None and proc.stdout is not None
+    # The pidfd turns readable when the child exits: stop there, even if a process it forked
+    # still holds stdout open.
+    exited = os.pidfd_open(proc.pid)
+    sel = selectors.DefaultSelector()
+    os.set_blocking(proc.stdin.fileno(), False)
+    os.set_blocking(proc.stdout.fileno(), False)
+    sel.register(exited, selectors.EVENT_READ)
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(proc.stdin, selectors.EVENT_WRITE)
+    try:
+        done = False
+        while not done and not over:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            for key, _ in sel.select(left):
+                if key.fileobj is proc.stdin:
+                    try:
+                        pending = pending[os.write(proc.stdin.fileno(), pending[:65536]):]
+                    except BrokenPipeError:
+                        pending = pending[:0]
+                    if not pending:
+                        sel.unregister(proc.stdin)
+                        proc.stdin.close()
+                else:
+                    over = _drain(proc.stdout.fileno(), out, cap_bytes, sel, proc.stdout)
+                    done = key.fileobj is exited
+                if over:
+                    break
+        if done:
+            proc.wait()
+    finally:
+        sel.close()
+        os.close(exited)
+        _kill_child(proc)
+    return (None if over else proc.returncode), bytes(out[:cap_bytes]), timed_out
+
+
+def _drain(fd: int, out: bytearray, cap_bytes: int, sel: selectors.BaseSelector, fileobj: Any) -> bool:
+    """Read what is there without blocking; True once the output is over the cap."""
+    while len(out) <= cap_bytes:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return False
+        if not chunk:  # EOF: nothing more will come
+            try:
+                sel.unregister(fileobj)
+            except KeyError:
+                pass
+            return False
+        out += chunk
+    return True
+
+
+def _kill_child(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    for f in (proc.stdin, proc.stdout):
+        if f is not None and not f.closed:
+            f.close()
+    if os.geteuid() == 0 and not sandbox.inside_sandbox():
+        # The child confined itself as its own uid: kill what escaped its process group. (Inside
+        # a worker's sandbox the worker kills every leftover of its uid after the call.)
+        sandbox.kill_uid(sandbox.SANDBOX_UID_BASE + proc.pid)

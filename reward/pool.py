@@ -1,0 +1,295 @@
+"""Parent side of the reward worker pool: spawn, dispatch, enforce deadlines, kill, replace.
+
+`WorkerPool.run(tasks, timeout_s)` hands (fn index, row) calls to `num_workers` worker
+processes (reward/pool_worker.py), one call per worker at a time, and waits on all their pipes
+with one selector. The per-call deadline is kept here, outside the worker: when a call runs
+past it, the worker's process group is SIGKILLed, then every process of its sandbox uid (what
+it forked, even after setsid), and a fresh worker is started in the background. A worker that
+dies or sends a malformed reply is replaced the same way. So a function that spins, sleeps,
+blocks in C, ignores signals or segfaults costs one deadline and one respawn, never the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from reward import sandbox
+from reward.protocol import ProtocolError, decode_reply, pop_frame, write_frame
+from reward.types import CallOutcome
+
+log = logging.getLogger("reward")
+_logged_notes: set[str] = set()  # degradations are logged once per process
+MAX_START_FAILURES = 3
+"""Consecutive failed worker starts after which the remaining calls of a batch fail at once."""
+
+
+class RewardWorkerError(RuntimeError):
+    """Reward worker processes cannot be started."""
+
+
+@dataclass
+class _Worker:
+    proc: subprocess.Popen[bytes]
+    rfd: int
+    wfd: int
+    dump_fd: int
+    """Read end of the pipe where the worker's faulthandler writes its stacks on SIGUSR1."""
+    workdir: str
+    deadline: float
+    state: str = "starting"  # starting | idle | busy | dead
+    task: int | None = None
+    buf: bytearray = field(default_factory=bytearray)
+    start_error: str | None = None
+
+
+class WorkerPool:
+    def __init__(
+        self, specs: list[dict[str, Any]], *, num_workers: int, limits: sandbox.Limits,
+        isolate: bool, startup_timeout_s: float = 60.0,
+    ) -> None:
+        self._config = {"specs": specs, "limits": limits, "sandbox": isolate, "parent_pid": os.getpid()}
+        self._num_workers = num_workers
+        self._startup_timeout_s = startup_timeout_s
+        self._sel = selectors.DefaultSelector()
+        self._workers: list[_Worker] = []
+        self._start_failures = 0
+        self._last_start_error = ""
+        self._timeout_s = 0.0
+        self.level: str | None = None
+        """Sandbox level the workers reached ("full", "userns", "rlimits", "off")."""
+        self.restarts = 0
+        """Workers replaced after a timeout, crash or protocol violation."""
+        self.spawned_pids: list[int] = []
+        """Every worker pid this pool started (for audits: the sandbox uid of each is base + pid)."""
+        self._env = _worker_env()
+
+    def start(self) -> None:
+        """Start all workers and wait until each has imported its functions and is confined."""
+        for _ in range(self._num_workers):
+            self._spawn()
+        while any(w.state == "starting" for w in self._workers):
+            self._poll(None)
+        failed = [w.start_error for w in self._workers if w.start_error]
+        if failed:
+            self.close()
+            raise RewardWorkerError(f"reward worker failed to start:\n{failed[0]}")
+
+    def run(self, tasks: list[tuple[int, dict[str, Any]]], timeout_s: float) -> list[CallOutcome]:
+        """Run every (fn index, row) call; outcome i belongs to task i."""
+        self._timeout_s = timeout_s
+        for w in self._workers:
+            if w.state == "busy":  # still on a call of an interrupted earlier batch
+                self._kill(w)
+        outcomes: list[CallOutcome | None] = [None] * len(tasks)
+        queue = deque(range(len(tasks)))
+        while queue or any(w.state == "busy" for w in self._workers):
+            self._replace_dead()
+            for w in self._workers:
+                if queue and w.state == "idle":
+                    self._dispatch(w, queue.popleft(), tasks, timeout_s, outcomes)
+            if queue and not any(w.state in ("busy", "starting", "idle") for w in self._workers):
+                for i in queue:  # nothing can run them: fail fast rather than hang
+                    error = f"no reward worker could be started: {self._last_start_error}"
+                    outcomes[i] = CallOutcome("error", error=error)
+                queue.clear()
+            self._poll(outcomes)
+        return [o if o is not None else CallOutcome("error", error="lost call") for o in outcomes]
+
+    @property
+    def live_pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers if w.state != "dead"]
+
+    def close(self) -> None:
+        for w in self._workers:
+            if w.state != "dead":
+                self._kill(w)
+        self._workers.clear()
+        self._sel.close()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        p_read, c_write = os.pipe()
+        c_read, p_write = os.pipe()
+        dump_read, dump_write = os.pipe()
+        workdir = tempfile.mkdtemp(prefix="reward-worker-")
+        fds = (c_read, c_write, dump_write)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "reward.pool_worker", *map(str, fds)],
+            pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            env=self._env, start_new_session=True,
+        )
+        self.spawned_pids.append(proc.pid)
+        for fd in fds:
+            os.close(fd)
+        os.set_blocking(p_read, False)
+        os.set_blocking(dump_read, False)
+        w = _Worker(proc, p_read, p_write, dump_read, workdir, time.monotonic() + self._startup_timeout_s)
+        self._workers.append(w)
+        self._sel.register(p_read, selectors.EVENT_READ, w)
+        try:
+            write_frame(p_write, pickle.dumps(dict(self._config, workdir=workdir)))
+        except BrokenPipeError:
+            pass  # it died at once; the EOF on its pipe reports it
+
+    def _replace_dead(self) -> None:
+        self._workers = [w for w in self._workers if w.state != "dead"]
+        while len(self._workers) < self._num_workers and self._start_failures < MAX_START_FAILURES:
+            self._spawn()
+            self.restarts += 1
+
+    def _dispatch(self, w: _Worker, i: int, tasks: list[tuple[int, dict[str, Any]]],
+                  timeout_s: float, outcomes: list[CallOutcome | None]) -> None:
+        fn_index, row = tasks[i]
+        try:
+            message = pickle.dumps({"id": i, "fn": fn_index, "row": row, "timeout_s": timeout_s})
+        except Exception as exc:  # noqa: BLE001 - an unpicklable row fails its own calls only
+            outcomes[i] = CallOutcome("error", error=f"row cannot be sent to a worker: {type(exc).__name__}: {exc}")
+            return
+        w.state, w.task, w.deadline = "busy", i, time.monotonic() + timeout_s
+        try:
+            write_frame(w.wfd, message)
+        except OSError:
+            self._fail(w, outcomes, "error", f"worker process died before the call ({self._exit_text(w)})")
+
+    def _poll(self, outcomes: list[CallOutcome | None] | None) -> None:
+        """Wait for replies until the nearest deadline, then enforce the deadlines that passed."""
+        live = [w for w in self._workers if w.state in ("busy", "starting")]
+        wait = max(0.0, min(w.deadline for w in live) - time.monotonic()) if live else 0.0
+        for key, _ in self._sel.select(wait):
+            self._on_readable(key.data, outcomes)
+        now = time.monotonic()
+        expired = [w for w in self._workers if w.state == "busy" and now >= w.deadline]
+        stacks = self._dump_stacks(expired)
+        for w, stack in zip(expired, stacks):
+            error = f"call ran past the {self._timeout_s:g} s deadline; its worker was killed"
+            self._fail(w, outcomes, "timeout", error, f"{error}\n--- stacks at the deadline ---\n{stack}")
+        for w in self._workers:
+            if w.state == "starting" and now >= w.deadline:
+                self._start_failed(w, f"no hello within {self._startup_timeout_s:.0f} s")
+
+    def _dump_stacks(self, workers: list[_Worker]) -> list[str]:
+        """Where each timed-out call was stuck: faulthandler answers SIGUSR1 from C, even
+        while the main thread spins or sits in a C call with signals blocked (a watchdog thread takes it)."""
+        if not workers:
+            return []
+        for w in workers:
+            try:
+                os.kill(w.proc.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+        stacks = []
+        for w in workers:
+            try:
+                stacks.append(os.read(w.dump_fd, 1 << 16).decode(errors="replace"))
+            except BlockingIOError:
+                stacks.append("(no stack: the worker did not answer SIGUSR1)")
+        return stacks
+
+    def _on_readable(self, w: _Worker, outcomes: list[CallOutcome | None] | None) -> None:
+        try:
+            chunk = os.read(w.rfd, 1 << 20)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self._on_exit(w, outcomes)
+            return
+        w.buf += chunk
+        try:
+            while (body := pop_frame(w.buf)) is not None and w.state != "dead":
+                self._on_reply(w, decode_reply(body), outcomes)
+        except ProtocolError as exc:
+            self._fail(w, outcomes, "error", f"worker sent a malformed reply ({exc}); it was replaced")
+
+    def _on_reply(self, w: _Worker, reply: dict[str, Any], outcomes: list[CallOutcome | None] | None) -> None:
+        if reply["type"] == "hello" and w.state == "starting":
+            if not reply.get("ok"):
+                self._start_failed(w, str(reply.get("error")))
+                return
+            w.state, self._start_failures = "idle", 0
+            self.level = str(reply.get("level"))
+            for note in reply.get("notes") or []:
+                if note not in _logged_notes:
+                    _logged_notes.add(note)
+                    log.warning("reward sandbox degraded (level %s): %s", self.level, note)
+            return
+        if reply["type"] != "result" or w.state != "busy" or reply["id"] != w.task or outcomes is None:
+            raise ProtocolError("unexpected message")
+        if reply["status"] == "ok":
+            metrics = {k: float(v) for k, v in reply["metrics"].items()}
+            outcomes[w.task] = CallOutcome("ok", float(reply["reward"]), metrics, reply.get("stratum"))
+        else:
+            outcomes[w.task] = CallOutcome("error", error=reply["error"], traceback=reply["traceback"])
+        w.state, w.task = "idle", None
+
+    def _on_exit(self, w: _Worker, outcomes: list[CallOutcome | None] | None) -> None:
+        if w.state == "starting":
+            self._start_failed(w, f"worker process exited during startup ({self._exit_text(w)})")
+        else:
+            self._fail(w, outcomes, "error", f"worker process died during the call ({self._exit_text(w)})")
+
+    def _fail(self, w: _Worker, outcomes: list[CallOutcome | None] | None, status: str, error: str,
+              traceback: str | None = None) -> None:
+        if w.state == "busy" and w.task is not None and outcomes is not None:
+            outcomes[w.task] = CallOutcome(status, error=error, traceback=traceback or error)  # type: ignore[arg-type]
+        self._kill(w)
+
+    def _start_failed(self, w: _Worker, error: str) -> None:
+        w.start_error = self._last_start_error = error
+        self._start_failures += 1
+        self._kill(w)
+
+    def _exit_text(self, w: _Worker) -> str:
+        try:
+            code = w.proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            return "still running"
+        if code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
+    def _kill(self, w: _Worker) -> None:
+        """SIGKILL the worker, everything it started, and clean up after it."""
+        pid = w.proc.pid
+        strays = sandbox.descendants(pid) if self.level != "full" else []
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if os.geteuid() == 0 and self._config["sandbox"]:
+            sandbox.kill_uid(sandbox.SANDBOX_UID_BASE + pid)  # escaped the group (setsid) or not
+        for p in strays:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        w.proc.wait()
+        self._sel.unregister(w.rfd)
+        for fd in (w.rfd, w.wfd, w.dump_fd):
+            os.close(fd)
+        shutil.rmtree(w.workdir, ignore_errors=True)
+        w.state = "dead"
+
+
+def _worker_env() -> dict[str, str]:
+    """The parent's environment, with its sys.path (so the same modules import) and one thread per library."""
+    env = dict(os.environ)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [package_root] + [p or os.getcwd() for p in sys.path]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONDONTWRITEBYTECODE="1")
+    return env
