@@ -84,6 +84,8 @@ class Driver:
             records = [rec for res in results for rec in res["records"]]
             metrics.update(aggregate_trainer_records(records, t.mini_batches * t.epochs))
             metrics["actor/lr"] = results[0]["lr"]
+            metrics["actor/skipped_zero_adv_frac"] = sum(r["skipped"] for r in results) / len(samples)
+            metrics.setdefault("loss/policy", 0.0)  # every sample skipped: all advantages 0, the loss is exactly 0
             timing["perf/train_s"] = time.perf_counter() - t_train
 
             t_sync = time.perf_counter()

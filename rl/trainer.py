@@ -99,32 +99,40 @@ class TrainerWorker:
     # -- training -----------------------------------------------------------------------------
     def train_step(self, samples: list[Sample], num_mini_batches: int, epochs: int) -> dict[str, list]:
         """One step's updates; returns per-micro-batch metric records for the driver to aggregate."""
-        loss_mask = [s.advantage is not None and s.reward_status == "ok" for s in samples]
+        counted = [s.advantage is not None and s.reward_status == "ok" and bool(s.response_ids) for s in samples]
+        # A sample with advantage 0 adds exactly 0 to the loss and its gradient when no KL or entropy term is
+        # on (its per-token term is -0·ratio whatever the ratio, clip or TIS weight). Its tokens still count in
+        # the global token/sequence totals, so the normalisation is unchanged; it just skips forward/backward.
+        # All-correct/all-wrong GRPO groups make this a large saving early in training.
+        skip_zero = self.loss_params.get("kl_coef", 0.0) == 0 and self.loss_params.get("entropy_coef", 0.0) == 0
+        trained = [c and not (skip_zero and s.advantage == 0) for c, s in zip(counted, samples)]
         minis = _split(list(range(len(samples))), num_mini_batches)
         shards = [mini[self.rank::self.world_size] for mini in minis]
-        old = self._old_logprobs(samples, shards, loss_mask) if num_mini_batches * epochs > 1 else None
+        old = self._old_logprobs(samples, shards, trained) if num_mini_batches * epochs > 1 else None
         records: list[dict[str, float]] = []
         self.engine.train()
         for _ in range(epochs):
             for shard in shards:
-                records += self._update(samples, shard, loss_mask, old)
-        return {"records": records, "lr": self.engine.get_lr()[0]}
+                records += self._update(samples, shard, trained, counted, old)
+        return {"records": records, "lr": self.engine.get_lr()[0],
+                "skipped": sum(c and not t for c, t in zip(counted, trained))}
 
     def _micro_batches(self, samples, shard, loss_mask, old=None) -> list[MicroBatch]:
+        shard = [i for i in shard if loss_mask[i]]  # untrained samples never reach the model
         local = [samples[i] for i in shard]
         groups = split_by_token_budget(local, self.cfg["micro_batch_tokens"]) if local else []
         mbs = [collate(samples, [shard[j] for j in g], self.pad_id, loss_mask, old) for g in groups]
         # every rank must run the same number of passes (ZeRO collectives); pad with empty ones
         count = torch.tensor([len(mbs)], dtype=torch.long)
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
-        filler = samples[shard[0]] if shard else samples[0]
         while len(mbs) < int(count):
-            mbs.append(collate([filler], [0], self.pad_id, [False]))
+            mbs.append(collate([samples[0]], [0], self.pad_id, [False]))
         return mbs
 
-    def _update(self, samples, shard, loss_mask, old) -> list[dict[str, float]]:
-        mbs = self._micro_batches(samples, shard, loss_mask, old)
-        counts = torch.tensor([sum(mb.num_tokens for mb in mbs), sum(mb.num_seqs for mb in mbs)], dtype=torch.float64)
+    def _update(self, samples, shard, trained, counted, old) -> list[dict[str, float]]:
+        mbs = self._micro_batches(samples, shard, trained, old)
+        local = [i for i in shard if counted[i]]
+        counts = torch.tensor([sum(len(samples[i].response_ids) for i in local), len(local)], dtype=torch.float64)
         dist.all_reduce(counts)  # global token / sequence counts of the mini-batch, before any backward
         n_tok, n_seq = max(float(counts[0]), 1.0), max(float(counts[1]), 1.0)
         records = []
