@@ -53,9 +53,10 @@ def connect(cfg: Config) -> None:
                 f"`ray start --head`, fix the address, or drop ray.address to run on a local cluster"
             ) from None
     else:
-        # a local cluster stays on loopback: nothing listens on or talks to outside interfaces
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True,
-                 _node_ip_address="127.0.0.1")
+        # A local cluster stays on loopback: nothing listens on or talks to outside interfaces. Ray maps
+        # 127.0.0.1 to the machine's routable IP unless its "no real cluster" switch is set (Ray 2.x).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
 
 
 def _threads(requested: int, concurrent: int) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import ray
@@ -144,38 +144,49 @@ class Driver:
         params = SamplingParams(n=G, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                 max_new_tokens=cfg.rollout.max_new_tokens, stop=list(cfg.rollout.stop),
                                 seed=self.rng.randrange(2**31))
-        samples = self._generate(requests, params)
-        timing["perf/generate_s"] += time.perf_counter() - t0
-        t1 = time.perf_counter()
-        self._score(samples)
+        samples = self._generate_and_score(requests, params, timing, t0)
         self._shape_rewards(samples)
-        timing["perf/reward_s"] += time.perf_counter() - t1
         by_group: dict[int, list[Sample]] = {}
         for s in samples:
             by_group.setdefault(s.group_id, []).append(s)
         return list(by_group.values())
 
-    def _generate(self, requests: list[dict], params: SamplingParams) -> list[Sample]:
-        R = len(self.w.rollout)
+    def _generate_and_score(self, requests: list[dict], params: SamplingParams, timing: dict | None = None,
+                            t0: float = 0.0) -> list[Sample]:
+        """Generate on the rollout workers; each worker's samples go to the reward workers as soon as
+        that worker finishes, so scoring overlaps the generation still running elsewhere."""
+        R, K = len(self.w.rollout), len(self.w.reward)
         shards = [requests[i::R] for i in range(R)]
-        futures = [w.generate.remote(shard, SamplingParams(**{**vars(params), "seed": None if params.seed is None
-                                                             else params.seed + i}))
-                   for i, (w, shard) in enumerate(zip(self.w.rollout, shards)) if shard]
-        return [s for part in ray.get(futures) for s in part]
+        pending = {w.generate.remote(shard, replace(params, seed=None if params.seed is None else params.seed + i)): i
+                   for i, (w, shard) in enumerate(zip(self.w.rollout, shards)) if shard}
+        parts: dict[int, list[Sample]] = {}
+        scores: dict[int, list] = {}
+        while pending:
+            [done], _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(done)
+            parts[i] = ray.get(done)
+            rows = [{**s.fields, "prompt": s.prompt_text, "completion": s.response_text} for s in parts[i]]
+            scores[i] = [w.score.remote(rows[k::K]) for k, w in enumerate(self.w.reward)]
+        if timing is not None:
+            timing["perf/generate_s"] += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        samples = []
+        for i in sorted(parts):  # shard order, not completion order: runs stay reproducible
+            for k, results in enumerate(ray.get(scores[i])):
+                for s, res in zip(parts[i][k::K], results):
+                    self._apply_reward(s, res)
+            samples += parts[i]
+        if timing is not None:
+            timing["perf/reward_s"] += time.perf_counter() - t1
+        return samples
 
-    def _score(self, samples: list[Sample]) -> None:
-        rows = [{**s.fields, "prompt": s.prompt_text, "completion": s.response_text} for s in samples]
-        K = len(self.w.reward)
-        parts = ray.get([w.score.remote(rows[i::K]) for i, w in enumerate(self.w.reward)])
-        for i, part in enumerate(parts):
-            for s, res in zip(samples[i::K], part):
-                s.reward, s.reward_status, s.stratum = res.reward, res.status, res.stratum
-                s.reward_metrics = {k.removeprefix("reward/"): v for k, v in res.metrics.items()}
-                if res.status != "ok" and not self.cfg.algorithm.mask_reward_errors:
-                    s.reward, s.reward_status = 0.0, "ok"
-                if s.reward is not None:
-                    s.reward_metrics["acc"] = accuracy(s)
-
+    def _apply_reward(self, s: Sample, res) -> None:
+        s.reward, s.reward_status, s.stratum = res.reward, res.status, res.stratum
+        s.reward_metrics = {k.removeprefix("reward/"): v for k, v in res.metrics.items()}
+        if res.status != "ok" and not self.cfg.algorithm.mask_reward_errors:
+            s.reward, s.reward_status = 0.0, "ok"  # opt-in: train on failures as reward 0
+        if s.reward is not None:
+            s.reward_metrics["acc"] = accuracy(s)
 
     def _shape_rewards(self, samples: list[Sample]) -> None:
         """DAPO soft overlong punishment (added to the reward; accuracy metrics untouched)."""
@@ -263,8 +274,7 @@ class Driver:
                      "fields": r["fields"]} for i, r in enumerate(rows)]
         params = SamplingParams(n=1, greedy=True, max_new_tokens=self.cfg.rollout.max_new_tokens,
                                 stop=list(self.cfg.rollout.stop))
-        samples = self._generate(requests, params)
-        self._score(samples)
+        samples = self._generate_and_score(requests, params)
         ok = [s for s in samples if s.reward_status == "ok" and s.reward is not None]
         correct = [s.reward_metrics["acc"] for s in ok]
         return {"eval/accuracy": sum(correct) / len(samples), "eval/reward_mean": sum(s.reward for s in ok) / max(len(ok), 1),

@@ -53,7 +53,7 @@ class TrainerWorker:
                loss_params: dict, temperature: float, need_ref: bool, seed: int) -> None:
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
-        if master_addr.startswith("127."):  # single-machine cluster: keep gloo's pair sockets on loopback
+        if master_addr.startswith("127."):  # loopback cluster: keep gloo's pair sockets on loopback too
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -117,20 +117,22 @@ class TrainerWorker:
         return {"records": records, "lr": self.engine.get_lr()[0],
                 "skipped": sum(c and not t for c, t in zip(counted, trained))}
 
-    def _micro_batches(self, samples, shard, loss_mask, old=None) -> list[MicroBatch]:
+    def _micro_batches(self, samples, shard, loss_mask, old=None, min_count: int = 0) -> list[MicroBatch]:
         shard = [i for i in shard if loss_mask[i]]  # untrained samples never reach the model
         local = [samples[i] for i in shard]
         groups = split_by_token_budget(local, self.cfg["micro_batch_tokens"]) if local else []
         mbs = [collate(samples, [shard[j] for j in g], self.pad_id, loss_mask, old) for g in groups]
         # every rank must run the same number of passes (ZeRO collectives); pad with empty ones
-        count = torch.tensor([len(mbs)], dtype=torch.long)
+        count = torch.tensor([max(len(mbs), min_count)], dtype=torch.long)
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
         while len(mbs) < int(count):
             mbs.append(collate([samples[0]], [0], self.pad_id, [False]))
         return mbs
 
     def _update(self, samples, shard, trained, counted, old) -> list[dict[str, float]]:
-        mbs = self._micro_batches(samples, shard, trained, old)
+        # min_count=1: even when every sample is skipped, the optimizer steps on a zero gradient (Adam's
+        # moments and weight decay still move), exactly as if the zero-advantage samples had been run
+        mbs = self._micro_batches(samples, shard, trained, old, min_count=1)
         local = [i for i in shard if counted[i]]
         counts = torch.tensor([sum(len(samples[i].response_ids) for i in local), len(local)], dtype=torch.float64)
         dist.all_reduce(counts)  # global token / sequence counts of the mini-batch, before any backward
