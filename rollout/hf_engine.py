@@ -66,8 +66,11 @@ class HFEngine:
         out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         gen = out.sequences[:, input_ids.shape[1]:]  # (b, T)
         temperature = 1.0 if params.greedy else params.temperature
-        logits = torch.stack(out.logits, dim=1).float() / temperature  # (b, T, V)
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, gen.unsqueeze(-1)).squeeze(-1)  # (b, T)
+        # one step at a time: never a (b, T, V) tensor, only (b, V) per step
+        logprobs = torch.stack([
+            torch.log_softmax(step_logits.float() / temperature, dim=-1).gather(-1, gen[:, t:t + 1]).squeeze(-1)
+            for t, step_logits in enumerate(out.logits)
+        ], dim=1)  # (b, T)
         results = []
         for b in range(gen.shape[0]):
             ids = gen[b].tolist()
