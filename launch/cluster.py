@@ -2,19 +2,25 @@
 
 `connect` joins the cluster that `ray job submit` runs us in (RAY_ADDRESS), or the configured
 `ray.address`, or starts a local one. On CPU every actor is a plain actor that asks for no CPU
-slot (we size torch threads ourselves, and the synchronous loop runs one phase at a time); on
-GPUs the actors ask for `gpus_per_worker`.
+slot (we size torch threads ourselves, and the synchronous loop runs one phase at a time). On
+GPUs launch/placement.py plans which GPU each rollout engine and trainer rank gets (`split` or
+`colocated`), one placement group reserves them and each actor runs in its bundle; then the trainer
+connects the weight transport that rl/weight_sync.py chooses (NCCL, CUDA IPC or the object store).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import ray
 
 from launch.config import Config, ConfigError
+
+log = logging.getLogger("rlvr")
 
 
 def check_reachable(cfg: Config, timeout_s: float = 5.0) -> None:
@@ -78,37 +84,96 @@ class Workers:
 
 def create_workers(cfg: Config, model_path: str, output_dir: str) -> Workers:
     from reward.worker import RewardWorker
+    from rl.weight_sync import choose_transport
     from rollout.worker import RolloutWorker
 
     r, t = cfg.rollout, cfg.trainer
-    engine_kwargs = {"dtype": cfg.model.dtype, "batch_size": r.batch_size,
-                     "trust_remote_code": cfg.model.trust_remote_code}
+    gpu = _plan_gpus(cfg)
     rollout = [
-        ray.remote(RolloutWorker).options(**_options(r.gpus_per_worker), name=None).remote(
-            r.engine, model_path, engine_kwargs=engine_kwargs, threads=_threads(t.threads_per_worker, r.num_workers))
-        for _ in range(r.num_workers)
+        ray.remote(RolloutWorker).options(**_rollout_options(gpu, i), name=None).remote(
+            r.engine, model_path, engine_kwargs=_engine_kwargs(cfg, gpu, i),
+            threads=_threads(t.threads_per_worker, r.num_workers))
+        for i in range(r.num_workers)
     ]
+    if r.placement == "colocated":  # vLLM sizes its KV cache from free GPU memory: start it before the trainer
+        ray.get([w.ping.remote() for w in rollout])
     specs = [{"fn": fn, "weight": w} for fn, w in zip(cfg.reward.fns, cfg.reward.weights or [1.0] * len(cfg.reward.fns))]
     reward = [
         RewardWorker.options(num_cpus=0).remote(specs, cfg.reward.timeout_s, cfg.reward.processes_per_worker,
                                                 os.path.join(output_dir, "quarantine.jsonl"))
         for _ in range(cfg.reward.num_workers)
     ]
-    trainer = _create_trainers(cfg, model_path)
+    trainer = _create_trainers(cfg, model_path, gpu)
     ray.get([w.ping.remote() for w in rollout + reward + trainer])
+    transport = choose_transport(r.weight_transport, engine=r.engine, placement=r.placement,
+                                 on_gpu=r.gpus_per_worker > 0 and t.gpus_per_worker > 0)
+    if transport != "object_store":
+        ray.get([w.connect_rollout.remote(rollout, transport, r.sync_timeout_s) for w in trainer])
     return Workers(rollout, reward, trainer)
 
 
-def _create_trainers(cfg: Config, model_path: str) -> list:
+@dataclass
+class _GPUs:
+    plan: Any  # launch.placement.Placement
+    pg: Any  # the Ray placement group that reserves it
+
+
+def _plan_gpus(cfg: Config) -> _GPUs | None:
+    """The GPU placement (None on CPU): planned from the live nodes, then reserved."""
+    r, t = cfg.rollout, cfg.trainer
+    if r.gpus_per_worker == 0 and t.gpus_per_worker == 0:
+        return None
+    from launch.placement import PlacementError, cluster_nodes, create_placement_group, plan_placement
+
+    nodes = cluster_nodes()
+    try:
+        plan = plan_placement(nodes, rollout_workers=r.num_workers, rollout_gpus=r.gpus_per_worker,
+                              trainer_workers=t.num_workers, trainer_gpus=t.gpus_per_worker, mode=r.placement)
+    except PlacementError as e:
+        raise ConfigError(str(e)) from None
+    log.info("%s", plan.describe(nodes))
+    return _GPUs(plan, create_placement_group(plan, nodes))
+
+
+def _rollout_options(gpu: _GPUs | None, i: int) -> dict:
+    if gpu is None or not gpu.plan.rollout:
+        return _options(0)
+    from launch.placement import actor_options
+
+    return actor_options(gpu.pg, *gpu.plan.rollout_actor(i))
+
+
+def _engine_kwargs(cfg: Config, gpu: _GPUs | None, i: int) -> dict:
+    r = cfg.rollout
+    kwargs: dict[str, Any] = {"dtype": cfg.model.dtype, "batch_size": r.batch_size,
+                              "trust_remote_code": cfg.model.trust_remote_code}
+    if r.engine == "vllm":  # vLLM's own knobs; which GPUs it uses comes from the placement plan
+        kwargs.update(tensor_parallel_size=int(r.gpus_per_worker), gpu_memory_utilization=r.gpu_memory_utilization,
+                      max_model_len=cfg.data.max_prompt_tokens + r.max_new_tokens, seed=cfg.trainer.seed + i,
+                      enable_sleep_mode=r.placement == "colocated", sync_timeout_s=r.sync_timeout_s)
+        if gpu is not None and gpu.plan.rollout:
+            kwargs.update(gpu.plan.engine_kwargs(i))
+    return kwargs
+
+
+def _create_trainers(cfg: Config, model_path: str, gpu: _GPUs | None = None) -> list:
     from rl.trainer import TrainerWorker
 
     t = cfg.trainer
-    actor = ray.remote(TrainerWorker).options(**_options(t.gpus_per_worker))
+
+    def options(rank: int) -> dict:
+        if gpu is None or not gpu.plan.trainer:
+            return _options(t.gpus_per_worker)
+        from launch.placement import actor_options
+
+        return actor_options(gpu.pg, *gpu.plan.trainer_actor(rank))
+
     ranks = [
-        actor.remote(rank, t.num_workers, model_path=model_path, trainer_cfg=asdict(t), model_cfg=asdict(cfg.model),
-                     loss_params=cfg.algorithm.loss_params(), temperature=cfg.rollout.temperature,
-                     need_ref=cfg.algorithm.needs_reference, threads=_threads(t.threads_per_worker, t.num_workers),
-                     seed=t.seed)
+        ray.remote(TrainerWorker).options(**options(rank)).remote(
+            rank, t.num_workers, model_path=model_path, trainer_cfg=asdict(t), model_cfg=asdict(cfg.model),
+            loss_params=cfg.algorithm.loss_params(), temperature=cfg.rollout.temperature,
+            need_ref=cfg.algorithm.needs_reference, threads=_threads(t.threads_per_worker, t.num_workers),
+            seed=t.seed)
         for rank in range(t.num_workers)
     ]
     # rank 0's node hosts the rendezvous; every rank then joins the process group together

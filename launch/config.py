@@ -110,11 +110,37 @@ class RolloutConfig:
     batch_size: int = 64
     """Sequences per generate() call on one worker (memory knob)."""
     gpus_per_worker: float = 0.0
-    """GPUs per rollout worker (0 on CPU)."""
+    """GPUs per rollout worker (0 on CPU). For vLLM this is its tensor-parallel size; the hf engine uses one."""
+    placement: str = "split"
+    """GPU layout: `split` (rollout and trainer on disjoint GPUs; weights by NCCL) or `colocated` (each GPU
+    holds one trainer rank and one rollout TP worker, which sleeps during training; needs
+    rollout.num_workers × rollout.gpus_per_worker == trainer.num_workers; weights by CUDA IPC)."""
+    gpu_memory_utilization: float = 0.85
+    """vLLM only: fraction of each rollout GPU vLLM may fill with weights and KV cache (colocated: leave
+    room for the trainer, e.g. 0.4)."""
+    weight_transport: str = "auto"
+    """How new weights reach the rollout workers: `auto` (vLLM on GPUs: NCCL when split, CUDA IPC when
+    colocated; otherwise the Ray object store), `object_store`, `nccl` or `ipc`."""
+    sync_timeout_s: float = 600.0
+    """Deadline of one weight sync; when it passes the run stops with an error naming the stuck side."""
 
     def __post_init__(self) -> None:
         if self.engine not in ("hf", "vllm"):
             raise ConfigError(f"rollout.engine={self.engine!r}: use `hf` or `vllm`")
+        if self.placement not in ("split", "colocated"):
+            raise ConfigError(f"rollout.placement={self.placement!r}: use `split` or `colocated`")
+        if self.weight_transport not in ("auto", "object_store", "nccl", "ipc"):
+            raise ConfigError(f"rollout.weight_transport={self.weight_transport!r}: use auto, object_store, nccl or ipc")
+        if not 0.0 < self.gpu_memory_utilization < 1.0:
+            raise ConfigError(f"rollout.gpu_memory_utilization={self.gpu_memory_utilization}: must be in (0, 1)")
+        if self.sync_timeout_s <= 0:
+            raise ConfigError(f"rollout.sync_timeout_s={self.sync_timeout_s}: must be > 0")
+        if self.engine == "vllm" and self.gpus_per_worker < 1:
+            raise ConfigError("rollout.engine=vllm needs GPUs: set rollout.gpus_per_worker to the tensor-parallel "
+                              "size (1, 2, 4 or 8), or use rollout.engine=hf on CPU")
+        if self.engine == "hf" and self.gpus_per_worker > 1:
+            raise ConfigError(f"rollout.gpus_per_worker={self.gpus_per_worker:g}: the hf engine uses one GPU; use "
+                              f"rollout.engine=vllm for tensor parallelism")
         if self.group_size < 1 or self.num_workers < 1 or self.max_new_tokens < 1:
             raise ConfigError("rollout.group_size, rollout.num_workers and rollout.max_new_tokens must be >= 1")
         if not 0.0 < self.top_p <= 1.0:

@@ -79,11 +79,14 @@ class Driver:
             metrics = {**rollout_metrics, **self.kl_in_reward(samples), **self.compute_advantages(samples)}  # step 5
 
             t_train = time.perf_counter()
+            ray.get([w.sleep.remote() for w in self.w.rollout])  # colocated: hand the GPUs to the trainer
             ref = ray.put(samples)
             results = ray.get([r.train_step.remote(ref, t.mini_batches, t.epochs) for r in self.w.trainer])
             records = [rec for res in results for rec in res["records"]]
             metrics.update(aggregate_trainer_records(records, t.mini_batches * t.epochs))
             metrics["actor/lr"] = results[0]["lr"]
+            if results[0]["grad_norms"]:
+                metrics["actor/grad_norm"] = sum(results[0]["grad_norms"]) / len(results[0]["grad_norms"])
             metrics["actor/skipped_zero_adv_frac"] = sum(r["skipped"] for r in results) / len(samples)
             metrics.setdefault("loss/policy", 0.0)  # every sample skipped: all advantages 0, the loss is exactly 0
             timing["perf/train_s"] = time.perf_counter() - t_train

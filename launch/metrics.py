@@ -36,8 +36,6 @@ def aggregate_trainer_records(records: list[dict[str, float]], num_updates: int)
             out[k] = max(v for v, _ in vals)
         elif k == "actor/num_tokens":
             out[k] = sum(v for v, _ in vals) / max(num_updates, 1)
-        elif k == "actor/grad_norm":
-            out[k] = sum(v for v, _ in vals) / len(vals)
         else:
             out[k] = sum(v * w for v, w in vals) / weight
     return out

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from rl.batch import MicroBatch, collate, split_by_token_budget
 from rl.policy import PolicyModule
 from rl.types import Sample
-from rl.weight_sync import full_state_dict, gather_buckets
+from rl.weight_sync import Deadline, WeightPublisher, full_state_dict, gather_buckets
 
 
 class TrainerWorker:
@@ -35,6 +35,8 @@ class TrainerWorker:
         if threads > 0:
             torch.set_num_threads(threads)
         self.rank, self.world_size = rank, world_size
+        self.publisher: WeightPublisher | None = None  # a GPU weight transport, once connect_rollout ran
+        self.receivers: _RayReceivers | None = None
         self._init_args = dict(model_path=model_path, trainer_cfg=trainer_cfg, model_cfg=model_cfg,
                                loss_params=loss_params, temperature=temperature, need_ref=need_ref, seed=seed)
 
@@ -110,11 +112,14 @@ class TrainerWorker:
         shards = [mini[self.rank::self.world_size] for mini in minis]
         old = self._old_logprobs(samples, shards, trained) if num_mini_batches * epochs > 1 else None
         records: list[dict[str, float]] = []
+        grad_norms: list[float] = []
         self.engine.train()
         for _ in range(epochs):
             for shard in shards:
-                records += self._update(samples, shard, trained, counted, old)
-        return {"records": records, "lr": self.engine.get_lr()[0],
+                recs, norm = self._update(samples, shard, trained, counted, old)
+                records += recs
+                grad_norms += [norm] if norm is not None else []
+        return {"records": records, "lr": self.engine.get_lr()[0], "grad_norms": grad_norms,
                 "skipped": sum(c and not t for c, t in zip(counted, trained))}
 
     def _micro_batches(self, samples, shard, loss_mask, old=None, min_count: int = 0) -> list[MicroBatch]:
@@ -129,7 +134,7 @@ class TrainerWorker:
             mbs.append(collate([samples[0]], [0], self.pad_id, [False]))
         return mbs
 
-    def _update(self, samples, shard, trained, counted, old) -> list[dict[str, float]]:
+    def _update(self, samples, shard, trained, counted, old) -> tuple[list[dict[str, float]], float | None]:
         # min_count=1: even when every sample is skipped, the optimizer steps on a zero gradient (Adam's
         # moments and weight decay still move), exactly as if the zero-advantage samples had been run
         mbs = self._micro_batches(samples, shard, trained, old, min_count=1)
@@ -149,10 +154,8 @@ class TrainerWorker:
             if mb.num_tokens:
                 records.append({k: float(v) for k, v in metrics.items()})
         self.engine.step()
-        grad_norm = self.engine.get_global_grad_norm()
-        if records and grad_norm is not None:
-            records[-1]["actor/grad_norm"] = float(grad_norm)
-        return records
+        grad_norm = self.engine.get_global_grad_norm()  # the global norm (the same on every rank), pre-clip
+        return records, None if grad_norm is None else float(grad_norm)
 
     @torch.no_grad()
     def _old_logprobs(self, samples, shards, loss_mask) -> dict[int, list[float]]:
@@ -201,8 +204,30 @@ class TrainerWorker:
         return self.ref(mb, mode="logprobs", temperature=self.temperature).float()
 
     # -- weights out --------------------------------------------------------------------------
+    def connect_rollout(self, rollout: list, transport: str, timeout_s: float) -> None:
+        """Collective: set up the `nccl` or `ipc` weight transport to the rollout workers (their actor handles)."""
+        # dtype None: the wire carries the parameters' own dtype (bfloat16 under DeepSpeed bf16)
+        self.publisher = WeightPublisher(self.policy.model, transport, zero_stage=self.zero_stage, rank=self.rank,
+                                         device=self.device, dtype=None, timeout_s=timeout_s)
+        if self.rank != 0:
+            return
+        self.receivers = _RayReceivers(rollout)
+        if transport == "nccl":  # group: this rank (0) and every vLLM worker of every rollout engine
+            host, port = self.rendezvous_address()
+            sizes = ray.get([w.tensor_parallel_size.remote() for w in rollout])
+            world = 1 + sum(sizes)
+            joins = [w.init_weight_group.remote(host, port, 1 + sum(sizes[:i]), world) for i, w in enumerate(rollout)]
+            self.publisher.connect_nccl(host, port, world)
+            _get(joins, timeout_s, "joining the trainer↔vLLM NCCL group")
+
     def publish_weights(self) -> list | None:
-        """Collective: gather full parameters in buckets; rank 0 returns object-store refs to them."""
+        """Collective: gather full parameters in buckets; rank 0 returns object-store refs to them.
+
+        With a GPU transport rank 0 loads them into the rollout workers itself and returns [].
+        """
+        if self.publisher is not None:
+            self.publisher.publish(self.receivers)
+            return [] if self.rank == 0 else None
         refs = []
         for bucket in gather_buckets(self.policy.model, zero_stage=self.zero_stage, keep=self.rank == 0):
             if self.rank == 0:
@@ -241,6 +266,31 @@ class TrainerWorker:
 
     def ping(self) -> int:
         return self.rank
+
+
+class _RayReceivers:
+    """rl.weight_sync.Receivers over Ray: the rollout worker actors, as trainer rank 0 drives them."""
+
+    def __init__(self, workers: list):
+        self.workers, self.pending = workers, []
+
+    def start_broadcast(self, plan_wire: list[dict]) -> None:
+        self.pending = [w.receive_broadcast.remote(plan_wire) for w in self.workers]
+
+    def wait(self, timeout_s: float) -> None:
+        pending, self.pending = self.pending, []
+        _get(pending, timeout_s, "receiving the NCCL weight broadcast")
+
+    def load_ipc_bucket(self, bucket_wire: dict, handles: dict[str, bytes], timeout_s: float) -> None:
+        _get([w.load_ipc_bucket.remote(bucket_wire, handles) for w in self.workers], timeout_s,
+             "loading a weight bucket over CUDA IPC")
+
+
+def _get(refs: list, timeout_s: float, what: str) -> list:
+    try:
+        return ray.get(refs, timeout=max(timeout_s, 1e-3))
+    except ray.exceptions.GetTimeoutError:
+        raise Deadline(timeout_s, what).error() from None
 
 
 def _split(ids: list[int], parts: int) -> list[list[int]]:

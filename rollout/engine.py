@@ -51,3 +51,11 @@ class RolloutEngine(Protocol):
     def score(self, prompts: list[list[int]], responses: list[list[int]], temperature: float) -> list[list[float]]:
         """Logprob of each response token under the current weights (the post-sync parity probe)."""
         ...
+
+    def sleep(self) -> None:
+        """Free accelerator memory while the trainer runs (colocated placement); a no-op where unsupported."""
+        ...
+
+    def finish_weight_update(self) -> None:
+        """After a weight update: wake up if asleep and drop caches computed with the old weights."""
+        ...

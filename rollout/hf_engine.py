@@ -101,6 +101,12 @@ class HFEngine:
                 raise KeyError(f"weight sync: the rollout model has no parameter {name!r}")
             params[name].copy_(tensor.to(params[name].dtype))
 
+    def sleep(self) -> None:
+        """Nothing to release: the HF engine keeps no KV cache between generate() calls."""
+
+    def finish_weight_update(self) -> None:
+        """Nothing to refresh: no cache outlives a generate() call."""
+
     @torch.no_grad()
     def score(self, prompts: list[list[int]], responses: list[list[int]], temperature: float) -> list[list[float]]:
         seqs = [p + r for p, r in zip(prompts, responses)]

@@ -2,7 +2,8 @@
 
 It turns prompt requests into `Sample`s (token ids as generated, the engine's logprobs, finish
 reason, the policy version that produced them) and takes new weights from the trainer: the
-object-store transport streams one bucket at a time into `engine.load_weights`.
+object-store transport streams one bucket at a time into `engine.load_weights`; the GPU transports
+(NCCL broadcast, CUDA IPC) are driven by trainer rank 0 through the methods at the end.
 """
 
 from __future__ import annotations
@@ -50,10 +51,29 @@ class RolloutWorker:
         return samples
 
     def update_weights(self, bucket_refs: list, version: int) -> int:
+        """Object store: load the buckets; GPU transports have already loaded them (refs == [])."""
         for ref in bucket_refs:  # one bucket in memory at a time
             self.engine.load_weights(ray.get(ref))
+        self.engine.finish_weight_update()
         self.version = version
         return version
+
+    # -- GPU weight transports, driven by trainer rank 0 (rl/weight_sync.py; vLLM engines) ------
+    def sleep(self) -> None:
+        """Colocated placement: free this worker's GPU memory for training (no-op without sleep mode)."""
+        self.engine.sleep()
+
+    def tensor_parallel_size(self) -> int:
+        return getattr(self.engine, "tensor_parallel_size", 1)
+
+    def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
+        self.engine.init_weight_group(host, port, rank_offset, world_size)
+
+    def receive_broadcast(self, plan_wire: list[dict]) -> None:
+        self.engine.receive_broadcast(plan_wire)
+
+    def load_ipc_bucket(self, bucket_wire: dict, handles: dict[str, bytes]) -> None:
+        self.engine.load_ipc_bucket(bucket_wire, handles)
 
     def score(self, prompts: list[list[int]], responses: list[list[int]], temperature: float) -> list[list[float]]:
         return self.engine.score(prompts, responses, temperature)
