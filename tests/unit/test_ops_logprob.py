@@ -1,0 +1,192 @@
+"""rl.ops.token_logprobs_entropy (torch path) against materialised logits (ALGORITHMS.md §6.1, §6.5).
+
+The oracle is the naive path: logits = h @ W.T / T, log_softmax, gather, -(p log p).sum. Gradients are
+compared for a loss Σ g1·logp + g2·H with random upstream grads, so both backward terms are exercised.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rl.ops import token_logprobs_entropy
+from rl.ops.logprob import resolve_impl
+
+
+def naive(h, w, y, temperature=1.0):
+    logp_all = torch.log_softmax((h @ w.t()) / temperature, dim=-1)  # (N, V)
+    return logp_all.gather(-1, y[:, None])[:, 0], -(logp_all.exp() * logp_all).sum(-1)
+
+
+def make(n, v, hdim, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, hdim, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    w = (torch.randn(v, hdim, generator=g, dtype=torch.float64) * 0.7).to(dtype).requires_grad_()
+    y = torch.randint(0, v, (n,), generator=g)
+    g1, g2 = torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+    return h, w, y, g1, g2
+
+
+def fwd_bwd(fn, h, w, y, g1, g2, **kw):
+    lp, ent = fn(h, w, y, **kw)
+    dh, dw = torch.autograd.grad((lp * g1.to(lp.dtype) + ent * g2.to(ent.dtype)).sum(), [h, w])
+    return lp.detach(), ent.detach(), dh, dw
+
+
+def test_worked_vector_6_5():
+    # h=[1,0], W rows e1, e2, e1+e2, y=2: z=[1,0,1], lse=1.861995, p=[.422319,.155362,.422319].
+    h = torch.tensor([[1.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([2])
+    lp, ent = token_logprobs_entropy(h, w, y, chunk_size=1)
+    assert lp.item() == pytest.approx(-0.861995, abs=1e-6)
+    assert ent.item() == pytest.approx(1.017357, abs=1e-6)
+    # L = -2 logp + 0.5 H: dL/dz = [0.811831, 0.376337, -1.188169]; dL/dh = dL/dz @ W, dL/dW = dL/dz^T h.
+    dh, dw = torch.autograd.grad((-2 * lp + 0.5 * ent).sum(), [h, w])
+    torch.testing.assert_close(dh, torch.tensor([[-0.376337, -0.811831]], dtype=torch.float64), atol=1e-6, rtol=0)
+    expect_dw = torch.tensor([[0.811831, 0.0], [0.376337, 0.0], [-1.188169, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(dw, expect_dw, atol=1e-6, rtol=0)
+    lp2, _ = token_logprobs_entropy(h, w, y, temperature=2.0)
+    assert lp2.item() == pytest.approx(-0.958020, abs=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("chunk", [1, 7, None])
+def test_float64_matches_naive(temperature, chunk):
+    h, w, y, g1, g2 = make(37, 1001, 19)
+    ref = fwd_bwd(naive, h, w, y, g1, g2, temperature=temperature)
+    out = fwd_bwd(token_logprobs_entropy, h, w, y, g1, g2, temperature=temperature, chunk_size=chunk)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_float32_matches_float64_oracle(temperature):
+    h, w, y, g1, g2 = make(29, 3001, 33)
+    ref = fwd_bwd(naive, h, w, y, g1, g2, temperature=temperature)
+    h32, w32 = h.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+    out = fwd_bwd(token_logprobs_entropy, h32, w32, y, g1, g2, temperature=temperature, chunk_size=7)
+    assert all(t.dtype == torch.float32 for t in out)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-5)
+
+
+def test_qwen_vocab_151936_float32():
+    # Full Qwen2.5 vocabulary (37 vocab tiles + a ragged one), few tokens so the naive oracle stays small.
+    h, w, y, g1, g2 = make(5, 151936, 8, seed=1)
+    ref = fwd_bwd(naive, h, w, y, g1, g2, temperature=0.7)
+    h32, w32 = h.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+    naive32 = fwd_bwd(naive, h32, w32, y, g1, g2, temperature=0.7)
+    for chunk in (1, 3, None):
+        out = fwd_bwd(token_logprobs_entropy, h32, w32, y, g1, g2, temperature=0.7, chunk_size=chunk)
+        for a, b, c in zip(out, ref, naive32):
+            # dL/dh sums 151936 softmax-weighted rows: fp32 materialised logits are off by ~4e-4 there
+            # too, so the bar is "1e-5, or no worse than the fp32 naive path", whichever is looser.
+            naive_err = (c.double() - b).abs().max().item()
+            assert (a.double() - b).abs().max().item() <= max(1e-5 * (1 + b.abs().max().item()), 1.5 * naive_err)
+
+
+def test_chunk_size_invariance_float32():
+    h, w, y, g1, g2 = make(23, 517, 16, dtype=torch.float32, seed=2)
+    outs = [fwd_bwd(token_logprobs_entropy, h, w, y, g1, g2, chunk_size=c) for c in (1, 7, 23)]
+    for other in outs[1:]:
+        for a, b in zip(other, outs[0]):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)  # GEMM blocking differs per chunk
+
+
+def test_masked_rows_get_exactly_zero_gradient():
+    h, w, y, g1, g2 = make(17, 300, 12)
+    keep = torch.rand(17, generator=torch.Generator().manual_seed(3)) > 0.4
+    lp, ent = token_logprobs_entropy(h, w, y, chunk_size=5)
+    # policy_loss masks with where(mask, L * m, 0): masked rows send exactly zero upstream grads.
+    loss = torch.where(keep, lp * g1 + ent * g2, torch.zeros_like(lp)).sum()
+    dh, dw = torch.autograd.grad(loss, [h, w])
+    assert torch.all(dh[~keep] == 0)
+    # dW only sees the valid rows.
+    hv = h.detach()[keep].requires_grad_()
+    _, _, _, dw_valid = fwd_bwd(token_logprobs_entropy, hv, w, y[keep], g1[keep], g2[keep])
+    torch.testing.assert_close(dw, dw_valid, atol=1e-12, rtol=1e-12)
+
+
+def test_without_entropy_and_unused_entropy():
+    h, w, y, g1, _ = make(11, 200, 9)
+    lp, ent = token_logprobs_entropy(h, w, y, with_entropy=False)
+    assert ent is None
+    lp_ref, _ = naive(h, w, y)
+    torch.testing.assert_close(lp, lp_ref, atol=1e-12, rtol=1e-12)
+    dh, dw = torch.autograd.grad((lp * g1).sum(), [h, w])
+    lp2, _ = token_logprobs_entropy(h, w, y)  # entropy computed but not in the loss: its grad is None
+    dh2, dw2 = torch.autograd.grad((lp2 * g1).sum(), [h, w])
+    torch.testing.assert_close(dh, dh2, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(dw, dw2, atol=1e-12, rtol=1e-12)
+
+
+def test_tied_embeddings_accumulate():
+    # The LM head is the input embedding: the op's dW must add to the embedding-lookup gradient.
+    g = torch.Generator().manual_seed(4)
+    v, hdim, n = 97, 10, 13
+    base = torch.randn(v, hdim, generator=g, dtype=torch.float64)
+    mix = torch.randn(hdim, hdim, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, v, (n,), generator=g)
+    y = torch.randint(0, v, (n,), generator=g)
+
+    def grads(fn):
+        emb = torch.nn.Embedding(v, hdim, _weight=base.clone()).double()
+        a = mix.clone().requires_grad_()
+        hidden = torch.tanh(emb(ids) @ a)  # (n, H), depends on the embedding too
+        lp, ent = fn(hidden, emb.weight, y)
+        (lp.sum() - 0.3 * ent.sum()).backward()
+        return emb.weight.grad, a.grad
+
+    for got, exp in zip(grads(lambda h, w, t: token_logprobs_entropy(h, w, t, chunk_size=4)), grads(naive)):
+        torch.testing.assert_close(got, exp, atol=1e-12, rtol=1e-12)
+
+
+def test_bf16_inputs_accumulate_in_fp32():
+    h, w, y, g1, g2 = make(19, 1500, 64, seed=5)
+    hb, wb = h.detach().bfloat16().requires_grad_(), w.detach().bfloat16().requires_grad_()
+    # Oracle: fp64 on the very same (bf16-rounded) values, so only the op's own error remains.
+    ref = fwd_bwd(naive, hb.detach().double().requires_grad_(), wb.detach().double().requires_grad_(), y, g1, g2)
+    lp, ent, dh, dw = fwd_bwd(token_logprobs_entropy, hb, wb, y, g1, g2, chunk_size=8)
+    assert lp.dtype == ent.dtype == torch.float32 and dh.dtype == dw.dtype == torch.bfloat16
+    torch.testing.assert_close(lp.double(), ref[0], atol=1e-4, rtol=1e-5)  # fp32 accumulation, not bf16
+    torch.testing.assert_close(ent.double(), ref[1], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(dh.double(), ref[2], atol=1e-3, rtol=8e-3)  # one bf16 rounding of the result
+    torch.testing.assert_close(dw.double(), ref[3], atol=1e-3, rtol=8e-3)
+    # Materialised bf16 logits (the naive bf16 path) are far less accurate than fp32 accumulation.
+    lp_bf16, _ = naive(hb.detach(), wb.detach(), y)
+    assert (lp.double() - ref[0]).abs().max() < 0.1 * (lp_bf16.double() - ref[0]).abs().max()
+
+
+def test_no_grad_and_frozen_inputs():
+    h, w, y, _, _ = make(9, 120, 7)
+    with torch.no_grad():
+        lp, ent = token_logprobs_entropy(h, w, y)
+    lp_ref, ent_ref = naive(h, w, y)
+    torch.testing.assert_close(lp, lp_ref.detach(), atol=1e-12, rtol=1e-12)
+    assert not lp.requires_grad
+    w_frozen = w.detach()  # e.g. a frozen LM head: only dL/dh
+    lp, _ = token_logprobs_entropy(h, w_frozen, y)
+    (dh,) = torch.autograd.grad(lp.sum(), [h])
+    (dh_ref,) = torch.autograd.grad(naive(h, w_frozen, y)[0].sum(), [h])
+    torch.testing.assert_close(dh, dh_ref, atol=1e-12, rtol=1e-12)
+
+
+def test_impl_dispatch_and_errors():
+    assert resolve_impl("auto", torch.device("cpu")) == "torch"
+    assert resolve_impl("auto", torch.device("cuda"), torch.float64) == "torch"  # tl.dot has no fp64
+    with pytest.raises(RuntimeError, match="float64"):
+        resolve_impl("triton", torch.device("cuda"), torch.float64)
+    h, w, y, _, _ = make(4, 10, 3)
+    with pytest.raises(RuntimeError, match="impl='triton' needs CUDA"):
+        token_logprobs_entropy(h, w, y, impl="triton")
+    with pytest.raises(ValueError, match="impl="):
+        token_logprobs_entropy(h, w, y, impl="cuda")
+    with pytest.raises(ValueError, match="weight"):
+        token_logprobs_entropy(h, w[:, :2], y)
+    with pytest.raises(ValueError, match="targets"):
+        token_logprobs_entropy(h, w, y[:3])
+    with pytest.raises(ValueError, match="temperature"):
+        token_logprobs_entropy(h, w, y, temperature=0.0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        token_logprobs_entropy(h, w, y, chunk_size=0)
