@@ -78,7 +78,7 @@ def collate(samples: list[Sample], ids: list[int], pad_id: int, loss_mask: list[
         token_index += [row * width + c for c in range(p - 1, p + r - 1)]
         targets += s.response_ids
         seq_index += [row] * r
-        adv += [float(s.advantage)] * r
+        adv += [0.0 if s.advantage is None else float(s.advantage)] * r  # None: a logprob-only pass
         rollout_lp += s.rollout_logprobs
         if old_logprobs is not None:
             old_lp += old_logprobs[i]
