@@ -173,7 +173,7 @@ def _create_trainers(cfg: Config, model_path: str, gpu: _GPUs | None = None) -> 
             rank, t.num_workers, model_path=model_path, trainer_cfg=asdict(t), model_cfg=asdict(cfg.model),
             loss_params=cfg.algorithm.loss_params(), temperature=cfg.rollout.temperature,
             need_ref=cfg.algorithm.needs_reference, threads=_threads(t.threads_per_worker, t.num_workers),
-            seed=t.seed)
+            seed=t.seed, replay_staleness_cap=cfg.algorithm.replay_staleness_cap)
         for rank in range(t.num_workers)
     ]
     # rank 0's node hosts the rendezvous; every rank then joins the process group together

@@ -4,7 +4,7 @@
     2. generate on the rollout workers (prompts sharded across them)
     3. score on the reward workers (sandboxed; errors are masked out, never scored as wrong)
     4. dynamic sampling (optional): keep informative groups, generate more until the batch is full
-    5. advantages (registry) on the final batch
+    5. advantages (registry) on the final batch; replay (optional) tops it up with past informative samples
     6. train on the trainer ranks (exact global token-mean over each mini-batch)
     7. sync weights trainer → rollout workers; bump the policy version
     8. metrics, periodic held-out eval, periodic checkpoint
@@ -29,6 +29,7 @@ from launch.config import Config, save_config
 from launch.metrics import MetricsLogger, aggregate_trainer_records
 from launch.prepare import Prepared, prepare
 from rl.advantages import compute_advantages, strata_from_samples
+from rl.replay import per_weights, ratio_count, replay_metrics, rng_state, set_rng_state, topup_count
 from rl.sampling import overlong_penalty
 from rl.types import Sample
 from rollout.data import PromptIterator
@@ -60,6 +61,8 @@ class Driver:
         self.out = Path(cfg.trainer.output_dir)
         self.iterator = PromptIterator(len(prep.train_rows), seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
         self.sampler = cfg.algorithm.dynamic_sampling.build()
+        self.replay = cfg.algorithm.replay.build(drop_truncated=cfg.algorithm.overlong.filtering)
+        self.replay_rng = torch.Generator().manual_seed(cfg.trainer.seed)  # draws and batch order; checkpointed
         self.rng = random.Random(cfg.trainer.seed)
         self.step, self.version, self.next_group_id = 0, 0, 0
         self.start_step = self._maybe_resume()
@@ -77,17 +80,19 @@ class Driver:
             t0 = time.perf_counter()
             samples, timing, rollout_metrics = self.collect()  # steps 1-4
             metrics = {**rollout_metrics, **self.kl_in_reward(samples), **self.compute_advantages(samples)}  # step 5
+            batch, replay_m = self.mix_replay(samples)
+            metrics.update(replay_m)
 
             t_train = time.perf_counter()
             ray.get([w.sleep.remote() for w in self.w.rollout])  # colocated: hand the GPUs to the trainer
-            ref = ray.put(samples)
+            ref = ray.put(batch)
             results = ray.get([r.train_step.remote(ref, t.mini_batches, t.epochs) for r in self.w.trainer])
             records = [rec for res in results for rec in res["records"]]
             metrics.update(aggregate_trainer_records(records, t.mini_batches * t.epochs))
             metrics["actor/lr"] = results[0]["lr"]
             if results[0]["grad_norms"]:
                 metrics["actor/grad_norm"] = sum(results[0]["grad_norms"]) / len(results[0]["grad_norms"])
-            metrics["actor/skipped_zero_adv_frac"] = sum(r["skipped"] for r in results) / len(samples)
+            metrics["actor/skipped_zero_adv_frac"] = sum(r["skipped"] for r in results) / max(len(batch), 1)
             metrics.setdefault("loss/policy", 0.0)  # every sample skipped: all advantages 0, the loss is exactly 0
             timing["perf/train_s"] = time.perf_counter() - t_train
 
@@ -240,6 +245,29 @@ class Driver:
         zero = sum(all(abs(a) < 1e-12 for a in g) for g in groups.values()) / len(groups)
         return {"actor/zero_adv_group_frac": zero, "actor/advantage_abs_mean": float(adv.abs().mean())}
 
+    def mix_replay(self, samples: list[Sample]) -> tuple[list[Sample], dict[str, float]]:
+        """SSR (arXiv 2504.08837 Alg. 1; ALGORITHMS.md §4.3): the fresh informative samples D_eff enter the buffer
+        and the batch is topped up with prioritised draws from it. Trains on D_eff ∪ draws: zero-advantage rows
+        would only dilute the token mean. Returns (the trained batch, replay/* metrics)."""
+        rc = self.cfg.algorithm.replay
+        if self.replay is None:
+            return samples, {}
+        self.replay.add(samples, step=self.step)
+        eff = [s for s in samples if s.advantage]  # |Â| > 0 (None = masked out, 0 = no signal)
+        n_batch = self.cfg.trainer.train_prompts * self.cfg.rollout.group_size
+        n = topup_count(n_batch, len(eff)) if rc.mode == "shortfall" else ratio_count(len(eff), rc.ratio)
+        replayed, probs = self.replay.sample(n, self.replay_rng, current_version=self.version)
+        u = per_weights(probs, len(self.replay), rc.per_beta).tolist() if rc.per_beta is not None else []
+        for k, s in enumerate(replayed):  # copies: setting fields never touches the stored entries
+            s.replayed, s.is_weight = True, (u[k] if u else 1.0)
+        batch = eff + replayed
+        if not batch:  # nothing informative and an empty buffer: the fresh batch trains (all rows skipped) as without replay
+            batch = list(samples)
+        # mini-batches are contiguous slices: interleave so that no update sees only replayed rows
+        batch = [batch[i] for i in torch.randperm(len(batch), generator=self.replay_rng).tolist()]
+        return batch, replay_metrics(self.replay, replayed, n_batch=len(batch), current_version=self.version,
+                                     n_requested=n)
+
     def _rollout_metrics(self, samples: list[Sample]) -> dict[str, float]:
         ok = [s for s in samples if s.reward_status == "ok" and s.reward is not None]
         lengths = [s.response_length for s in samples]
@@ -286,7 +314,9 @@ class Driver:
     def driver_state(self) -> dict:
         return {"step": self.step, "version": self.version, "next_group_id": self.next_group_id,
                 "iterator": self.iterator.state_dict(), "rng": self.rng.getstate(),
-                "sampler": self.sampler.state_dict() if self.sampler is not None else None}
+                "sampler": self.sampler.state_dict() if self.sampler is not None else None,
+                "replay": self.replay.state_dict() if self.replay is not None else None,
+                "replay_rng": rng_state(self.replay_rng)}
 
     def save_checkpoint(self, step: int) -> None:
         def save_trainer(directory: str, tag: str) -> None:
@@ -308,6 +338,10 @@ class Driver:
         self.rng.setstate(state["rng"])
         if self.sampler is not None and state["sampler"] is not None:
             self.sampler.load_state_dict(state["sampler"])
+        if self.replay is not None and state.get("replay") is not None:
+            self.replay.load_state_dict(state["replay"])
+        if "replay_rng" in state:
+            set_rng_state(self.replay_rng, state["replay_rng"])
         self.sync_weights(self.version)
         log.info("resumed from %s at step %d", path, self.step)
         return self.step

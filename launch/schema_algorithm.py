@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 from rl.advantages import ADVANTAGES, SINGLETON_POLICIES, STRATA_SOURCES, advantage_param_names
 from rl.losses import AGG_MODES, KL_ESTIMATORS, RATIO_LEVELS
+from rl.replay import ReplayBuffer
 from rl.sampling import DynamicSampler
 
 
@@ -211,6 +212,66 @@ class OverlongConfig:
         return buffer
 
 
+REPLAY_MODES = ("shortfall", "ratio")
+
+
+@dataclass
+class ReplayConfig:
+    enable: bool = False
+    """Selective Sample Replay (VL-Rethinker arXiv 2504.08837): keep past samples with a non-zero advantage and
+    replay them, prioritised by |advantage|, when fresh informative samples fall short (rl/replay.py)."""
+    capacity: int = 8192
+    """Most entries held; the oldest leave first (SSR keeps one episode: 1024 prompts x 8 answers)."""
+    alpha: float = 1.0
+    """Priority exponent: P(j) ∝ (|Â_j| + delta)^alpha (0 = uniform, 1 = SSR; PER arXiv 1511.05952)."""
+    delta: float = 0.0
+    """Added to |Â| before the power (0 = SSR; > 0 flattens the priorities)."""
+    age_decay: float = 1.0
+    """λ in (0, 1]: each priority is multiplied by λ^(policy versions of age); 1 = no decay."""
+    max_staleness: int | None = 1
+    """Entries more than this many policy versions old are dropped before each draw (1 = SSR parity: SSR clears
+    its buffer at each behaviour-policy sync, and weights sync every step here); null = no limit."""
+    mode: str = "shortfall"
+    """How many to replay: `shortfall` tops the batch up to N_batch (SSR Algorithm 1); `ratio` makes a
+    fraction `ratio` of the trained batch replayed (ExGRPO arXiv 2510.02245)."""
+    ratio: float = 0.5
+    """Replayed fraction of the trained batch in `ratio` mode (ExGRPO experience_ratio 0.5)."""
+    staleness_cap: float | None = 2.0
+    """C of the decoupled-PPO weight min(π_old/π_rollout, C) on replayed rows (arXiv 2110.00641); null = no
+    correction. With loss.tis_level set, TIS already applies this weight to every row, with loss.tis_cap."""
+    per_beta: float | None = None
+    """β of the PER weights (N·P(j))^(−β)/max on replayed rows (arXiv 1511.05952 §3.4); null = off (SSR keeps
+    its prioritisation bias on purpose)."""
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1:
+            _fail("replay.capacity", self.capacity, "must be >= 1 entries, e.g. a few training batches (SSR: 8192)")
+        if self.alpha < 0:
+            _fail("replay.alpha", self.alpha, "must be >= 0 (0 = uniform, 1 = SSR: P ∝ |advantage|)")
+        if self.delta < 0:
+            _fail("replay.delta", self.delta, "must be >= 0 (0 = SSR)")
+        if not 0.0 < self.age_decay <= 1.0:
+            _fail("replay.age_decay", self.age_decay, "must be in (0, 1] (1 = no decay); use max_staleness to drop "
+                  "old samples outright")
+        if self.max_staleness is not None and self.max_staleness < 0:
+            _fail("replay.max_staleness", self.max_staleness, "must be >= 0 policy versions, or null for no limit")
+        if self.mode not in REPLAY_MODES:
+            _fail("replay.mode", self.mode, f"use one of {', '.join(REPLAY_MODES)}")
+        if not 0.0 <= self.ratio < 1.0:
+            _fail("replay.ratio", self.ratio, "must be in [0, 1) (ExGRPO: 0.5)")
+        if self.staleness_cap is not None and self.staleness_cap <= 0:
+            _fail("replay.staleness_cap", self.staleness_cap, "must be > 0 (2.0 as verl's TIS) or null (off)")
+        if self.per_beta is not None and not 0.0 <= self.per_beta <= 1.0:
+            _fail("replay.per_beta", self.per_beta, "must be in [0, 1] (PER anneals 0.4 -> 1) or null (off)")
+
+    def build(self, drop_truncated: bool) -> ReplayBuffer | None:
+        """The driver's buffer (None when disabled); pass drop_truncated=algorithm.overlong.filtering."""
+        if not self.enable:
+            return None
+        return ReplayBuffer(self.capacity, alpha=self.alpha, delta=self.delta, age_decay=self.age_decay,
+                            max_staleness=self.max_staleness, drop_truncated=drop_truncated)
+
+
 @dataclass
 class AlgorithmConfig:
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
@@ -223,6 +284,8 @@ class AlgorithmConfig:
     """DAPO dynamic sampling (rl/sampling.py DynamicSampler)."""
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
     """DAPO overlong reward shaping and filtering."""
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    """Reweighted replay of past informative samples (rl/replay.py ReplayBuffer)."""
     mask_reward_errors: bool = True
     """Samples whose reward function raised or timed out are excluded from the loss and from group statistics
     (false: they get reward 0 and train like any other sample)."""
@@ -231,6 +294,18 @@ class AlgorithmConfig:
         if self.kl_in_reward.enable and self.loss.kl_coef > 0:
             _fail("kl_in_reward.enable", True, "KL is already in the loss (algorithm.loss.kl_coef > 0); use one: "
                   "set loss.kl_coef=0 or kl_in_reward.enable=false")
+        rp = self.replay
+        if rp.enable and self.loss.tis_level is not None and rp.staleness_cap not in (None, self.loss.tis_cap):
+            _fail("replay.staleness_cap", rp.staleness_cap, f"TIS is on (loss.tis_level={self.loss.tis_level}) and "
+                  f"already weights replayed rows by min(π_old/π_rollout, loss.tis_cap={self.loss.tis_cap}); set "
+                  "replay.staleness_cap=null or equal to loss.tis_cap")
+
+    @property
+    def replay_staleness_cap(self) -> float | None:
+        """C of the trainer's extra weight on replayed rows; None when replay is off or TIS covers every row."""
+        if not self.replay.enable or self.loss.tis_level is not None:
+            return None
+        return self.replay.staleness_cap
 
     def advantage_params(self) -> dict[str, Any]:
         """Keyword params of `compute_advantages` for `advantage.name` (only those that estimator accepts)."""

@@ -29,6 +29,8 @@ class MicroBatch:
     old_logprobs: torch.Tensor | None  # (n,) proximal-policy logprobs (None: on-policy, use detached current)
     num_seqs: int  # rows with at least one trained token
     sample_ids: list[int]  # indices of the samples (into the step's list) held by this micro-batch
+    is_weights: torch.Tensor | None = None  # (n,) per-sample Sample.is_weight broadcast; None when all are 1
+    replayed: torch.Tensor | None = None  # (n,) bool, token of a replayed sample; None when none is
 
     @property
     def num_tokens(self) -> int:
@@ -64,7 +66,7 @@ def collate(samples: list[Sample], ids: list[int], pad_id: int, loss_mask: list[
     b = len(ids)
     input_ids = torch.full((b, width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((b, width), dtype=torch.long)
-    token_index, targets, seq_index, adv, rollout_lp, old_lp = [], [], [], [], [], []
+    token_index, targets, seq_index, adv, rollout_lp, old_lp, is_w, replayed = [], [], [], [], [], [], [], []
     num_seqs = 0
     for row, (i, seq) in enumerate(zip(ids, seqs)):
         s = samples[i]
@@ -80,6 +82,8 @@ def collate(samples: list[Sample], ids: list[int], pad_id: int, loss_mask: list[
         seq_index += [row] * r
         adv += [0.0 if s.advantage is None else float(s.advantage)] * r  # None: a logprob-only pass
         rollout_lp += s.rollout_logprobs
+        is_w += [float(s.is_weight)] * r
+        replayed += [bool(s.replayed)] * r
         if old_logprobs is not None:
             old_lp += old_logprobs[i]
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -90,6 +94,8 @@ def collate(samples: list[Sample], ids: list[int], pad_id: int, loss_mask: list[
         seq_index=torch.tensor(seq_index, dtype=torch.long), advantages=as_float(adv),
         rollout_logprobs=as_float(rollout_lp), old_logprobs=as_float(old_lp) if old_logprobs is not None else None,
         num_seqs=num_seqs, sample_ids=list(ids),
+        is_weights=as_float(is_w) if any(w != 1.0 for w in is_w) else None,
+        replayed=torch.tensor(replayed, dtype=torch.bool) if any(replayed) else None,
     )
 
 

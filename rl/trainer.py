@@ -31,10 +31,12 @@ from rl.weight_sync import Deadline, WeightPublisher, full_state_dict, gather_bu
 
 class TrainerWorker:
     def __init__(self, rank: int, world_size: int, *, model_path: str, trainer_cfg: dict, model_cfg: dict,
-                 loss_params: dict, temperature: float, need_ref: bool, threads: int, seed: int):
+                 loss_params: dict, temperature: float, need_ref: bool, threads: int, seed: int,
+                 replay_staleness_cap: float | None = None):
         if threads > 0:
             torch.set_num_threads(threads)
         self.rank, self.world_size = rank, world_size
+        self.replay_cap = replay_staleness_cap  # C on replayed rows (None: off, or TIS already covers them)
         self.publisher: WeightPublisher | None = None  # a GPU weight transport, once connect_rollout ran
         self.receivers: _RayReceivers | None = None
         self._init_args = dict(model_path=model_path, trainer_cfg=trainer_cfg, model_cfg=model_cfg,
@@ -149,7 +151,8 @@ class TrainerWorker:
             loss, metrics = self.engine(mb, mode="loss", temperature=self.temperature,
                                         loss_path="fused" if self.cfg["fused_loss"] else "naive",
                                         loss_params=self.loss_params, ref_logprobs=ref,
-                                        global_num_tokens=n_tok, global_num_seqs=n_seq)
+                                        global_num_tokens=n_tok, global_num_seqs=n_seq,
+                                        replay_staleness_cap=self.replay_cap)
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
             if mb.num_tokens:
                 records.append({k: float(v) for k, v in metrics.items()})

@@ -40,6 +40,10 @@ class Sample:
     reward_status: RewardStatus = "ok"
     stratum: str | None = None
     advantage: float | None = None
+    replayed: bool = False
+    """Drawn from the replay buffer (rl/replay.py): the trainer weights its tokens by min(π_old/π_rollout, C)."""
+    is_weight: float = 1.0
+    """Detached weight on every token of this sample's loss: the PER correction of a replayed sample, else 1."""
     fields: dict[str, Any] = field(default_factory=dict)
     """The dataset row (answer, data_source, ...) passed to reward functions by column name."""
 
