@@ -44,8 +44,31 @@ def ray_head():
     try:
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        subprocess.run(ray + ["stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop_cluster(temp_dir: str) -> None:
+    """Stop only this test's cluster (`ray stop` would end every Ray cluster on the machine): its
+    processes name its temp dir on their command line; their children (the workers) go with them."""
+    import psutil
+
+    procs = []
+    me = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    for p in psutil.process_iter(["cmdline"]):
+        if p.pid not in me and any(temp_dir in part for part in p.info["cmdline"] or []):
+            procs += [p, *p.children(recursive=True)]
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def test_ray_job_submit_debug_cpu(ray_head, tmp_path):
