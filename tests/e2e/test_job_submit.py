@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,12 @@ def test_ray_job_submit_debug_cpu(ray_head, tmp_path):
            f"--working-dir={ROOT}", "--runtime-env-json", json.dumps({"excludes": ["outputs/", ".git/", "wandb/"]}),
            "--", "python", "-m", "launch.train", "configs/debug_cpu.yaml", f"trainer.output_dir={out}",
            "trainer.total_steps=2", f"model.cache_dir={tmp_path / 'models'}"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    # right after `ray start` the job agent may not be up yet ("No available agent"): retry that, only that
+    for _ in range(30):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+        if "No available agent" not in proc.stdout + proc.stderr:
+            break
+        time.sleep(2)
     assert proc.returncode == 0 and "succeeded" in proc.stdout + proc.stderr, proc.stdout[-4000:] + proc.stderr[-4000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2]

@@ -142,6 +142,25 @@ def listener():
 
 
 @pytest.fixture
+def own_children():
+    """This test's descendant processes: a function returning them, leaving out the processes (and their
+    subtrees) that were already children of the test process, such as a session-wide Ray cluster."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children()}
+
+    def current() -> list[psutil.Process]:
+        outside = set()
+        for pid in before:
+            try:
+                outside |= {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
+            except psutil.NoSuchProcess:
+                continue
+        return [p for p in me.children(recursive=True) if p.pid not in outside]
+
+    return current
+
+
+@pytest.fixture
 def write_targets(tmp_path):
     """An open (0777) directory under /tmp and a root-owned one under /run (or the home dir)."""
     open_dir = tmp_path / "open"
@@ -159,7 +178,7 @@ def write_targets(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the full sandbox (own uid, namespaces) needs root")
-def test_hostile_batch(tmp_path, listener, write_targets):
+def test_hostile_batch(tmp_path, listener, write_targets, own_children):
     port = listener.getsockname()[1]
     rows = []
     for k, case in enumerate(EXPECTED):
@@ -175,7 +194,7 @@ def test_hostile_batch(tmp_path, listener, write_targets):
         results = runner.score(rows)
         elapsed = time.monotonic() - start
         leftovers = [p for p in _sandbox_processes(runner.spawned_pids) if p.pid not in runner.worker_pids]
-        children = {p.pid for p in psutil.Process().children(recursive=True)}
+        children = {p.pid for p in own_children()}
         assert children <= set(runner.worker_pids), "the test process has children that are not live workers"
 
         assert elapsed < TIMEOUT_S + MARGIN_S, f"batch took {elapsed:.1f} s"
@@ -203,11 +222,11 @@ def test_hostile_batch(tmp_path, listener, write_targets):
         assert runner.worker_restarts == 6  # 3 timed out, segfault, forged reply, exit
     finally:
         runner.close()
-    assert not psutil.Process().children(recursive=True)
+    assert not own_children()
     assert not _sandbox_processes(runner.spawned_pids)
 
 
-def test_without_sandbox_deadline_and_crash_isolation_still_hold():
+def test_without_sandbox_deadline_and_crash_isolation_still_hold(own_children):
     """sandbox=False (for functions that need the network) keeps deadlines and process isolation."""
     cases = ["good", "spin", "segfault", "raises", "good"]
     rows = [{"prompt": "p", "completion": "z", "answer": "z", "case": c} for c in cases]
@@ -217,11 +236,11 @@ def test_without_sandbox_deadline_and_crash_isolation_still_hold():
         results = runner.score(rows)
         elapsed = time.monotonic() - start
         pids = runner.worker_pids
-        strays = [p for p in psutil.Process().children(recursive=True) if p.pid not in pids]
+        strays = [p for p in own_children() if p.pid not in pids]
     assert elapsed < TIMEOUT_S + MARGIN_S
     assert [r.status for r in results] == ["ok", "timeout", "error", "error", "ok"]
     assert not strays, [p.cmdline() for p in strays]
-    assert not psutil.Process().children(recursive=True)
+    assert not own_children()
 
 
 if __name__ == "__main__":
