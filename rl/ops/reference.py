@@ -21,7 +21,7 @@ from torch import Tensor
 
 VOCAB_TILE = 4096
 """Rows of `weight` per logits tile: a (VOCAB_TILE, chunk) fp32 tile plus one temporary stays in L2/L3."""
-CHUNK_TOKENS = 1024
+CHUNK_TOKENS = 512
 """Default token chunk of the recompute path: big enough that each weight tile read is amortised over
 many tokens (GEMM efficiency), small enough that the tile temporaries stay a few tens of MB."""
 
