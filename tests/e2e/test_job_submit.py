@@ -31,9 +31,10 @@ def _free_port() -> int:
 
 @pytest.fixture()
 def ray_head():
-    # private test cluster: no token auth, and on loopback only (Ray otherwise maps 127.0.0.1 to the host's IP)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    # private test cluster, no token auth. (Not RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: with it `ray start`'s job
+    # agent never registers; the head then advertises this machine's own address besides loopback.)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     # Ray's unix sockets live under --temp-dir; pytest's tmp paths can exceed the 107-byte socket limit
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     gcs, dash = _free_port(), _free_port()
