@@ -199,6 +199,9 @@ class TrainerConfig:
     """Compute logprobs/loss from hidden states with the chunked fused op (false: materialise logits)."""
     total_steps: int = 100
     """Training steps (one step = generate, score, update, sync)."""
+    max_generated_tokens: int | None = None
+    """Also stop after the step at which the run's sampled response tokens (every round, dropped groups included;
+    eval excluded) reach this budget; null = total_steps only. For compute-matched comparisons."""
     eval_every: int = 10
     """Run held-out greedy eval every this many steps (0: only at start and end)."""
     save_every: int = 50
@@ -222,6 +225,9 @@ class TrainerConfig:
         for key in ("num_workers", "train_prompts", "mini_batches", "epochs", "total_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key}={getattr(self, key)}: must be >= 1")
+        if self.max_generated_tokens is not None and self.max_generated_tokens < 1:
+            raise ConfigError(f"trainer.max_generated_tokens={self.max_generated_tokens}: must be >= 1, or null "
+                              "for no token budget")
 
 
 @dataclass

@@ -65,6 +65,7 @@ class Driver:
         self.replay_rng = torch.Generator().manual_seed(cfg.trainer.seed)  # draws and batch order; checkpointed
         self.rng = random.Random(cfg.trainer.seed)
         self.step, self.version, self.next_group_id = 0, 0, 0
+        self.generated_tokens = 0  # every sampled response token of the run (all rounds, eval excluded)
         self.start_step = self._maybe_resume()
         self.logger = MetricsLogger(self.out, total_steps=cfg.trainer.total_steps, config=asdict(cfg),
                                     wandb_mode=cfg.logging.wandb_mode, wandb_project=cfg.logging.wandb_project,
@@ -76,6 +77,8 @@ class Driver:
         if self.start_step == 0 and self.prep.eval_rows:
             self.logger.log(0, self.evaluate())
         for step in range(self.start_step + 1, t.total_steps + 1):
+            if self.budget_spent():  # resumed from the checkpoint that spent it
+                break
             self.step = step
             t0 = time.perf_counter()
             samples, timing, rollout_metrics = self.collect()  # steps 1-4
@@ -93,6 +96,8 @@ class Driver:
             if results[0]["grad_norms"]:
                 metrics["actor/grad_norm"] = sum(results[0]["grad_norms"]) / len(results[0]["grad_norms"])
             metrics["actor/skipped_zero_adv_frac"] = sum(r["skipped"] for r in results) / max(len(batch), 1)
+            metrics["actor/trained_samples"] = len(batch)
+            metrics["actor/informative_samples"] = sum(1 for s in batch if s.advantage)  # fresh and replayed
             metrics.setdefault("loss/policy", 0.0)  # every sample skipped: all advantages 0, the loss is exactly 0
             timing["perf/train_s"] = time.perf_counter() - t_train
 
@@ -100,22 +105,31 @@ class Driver:
             self.sync_weights(step)  # step 7
             timing["perf/sync_s"] = time.perf_counter() - t_sync
 
-            if self.prep.eval_rows and (step == t.total_steps or (t.eval_every and step % t.eval_every == 0)):
+            tokens = timing.pop("perf/generated_tokens")
+            self.generated_tokens += tokens
+            last = step == t.total_steps or self.budget_spent()
+            if self.prep.eval_rows and (last or (t.eval_every and step % t.eval_every == 0)):
                 metrics.update(self.evaluate())
             step_time = time.perf_counter() - t0
-            tokens = sum(len(s.response_ids) for s in samples)
             metrics.update(timing, **{"perf/step_time_s": step_time, "perf/tokens_per_s": tokens / step_time,
-                                      "perf/generated_tokens": tokens})
+                                      "perf/generated_tokens": tokens,
+                                      "perf/generated_tokens_total": self.generated_tokens})
             self.logger.log(step, metrics)
-            if step < t.total_steps and t.save_every and step % t.save_every == 0:
+            if last:
+                break
+            if t.save_every and step % t.save_every == 0:
                 self.save_checkpoint(step)
-        self.save_checkpoint(t.total_steps)
+        self.save_checkpoint(self.step)
         self.save_final()
+
+    def budget_spent(self) -> bool:
+        budget = self.cfg.trainer.max_generated_tokens
+        return budget is not None and self.generated_tokens >= budget
 
     # -- steps 1-4: generate, score, filter ----------------------------------------------------
     def collect(self) -> tuple[list[Sample], dict[str, float], dict[str, float]]:
         cfg = self.cfg
-        timing = {"perf/generate_s": 0.0, "perf/reward_s": 0.0}
+        timing = {"perf/generate_s": 0.0, "perf/reward_s": 0.0, "perf/generated_tokens": 0}
         B, G = cfg.trainer.train_prompts, cfg.rollout.group_size
         if self.sampler is None:
             groups = self._generate_round(B, G, timing)
@@ -153,6 +167,7 @@ class Driver:
                                 max_new_tokens=cfg.rollout.max_new_tokens, stop=list(cfg.rollout.stop),
                                 seed=self.rng.randrange(2**31))
         samples = self._generate_and_score(requests, params, timing, t0)
+        timing["perf/generated_tokens"] += sum(len(s.response_ids) for s in samples)  # kept or not
         self._shape_rewards(samples)
         by_group: dict[int, list[Sample]] = {}
         for s in samples:
@@ -313,6 +328,7 @@ class Driver:
 
     def driver_state(self) -> dict:
         return {"step": self.step, "version": self.version, "next_group_id": self.next_group_id,
+                "generated_tokens": self.generated_tokens,
                 "iterator": self.iterator.state_dict(), "rng": self.rng.getstate(),
                 "sampler": self.sampler.state_dict() if self.sampler is not None else None,
                 "replay": self.replay.state_dict() if self.replay is not None else None,
@@ -334,6 +350,7 @@ class Driver:
         state = checkpoint.load_driver_state(path)
         ray.get([r.load_checkpoint.remote(str(path / "trainer"), "state") for r in self.w.trainer])
         self.step, self.version, self.next_group_id = state["step"], state["version"], state["next_group_id"]
+        self.generated_tokens = state.get("generated_tokens", 0)
         self.iterator.load_state_dict(state["iterator"])
         self.rng.setstate(state["rng"])
         if self.sampler is not None and state["sampler"] is not None:

@@ -268,8 +268,8 @@ def policy_loss(
     """
     _validate(logprobs, old_logprobs, advantages, response_mask, ref_logprobs=ref_logprobs,
               rollout_logprobs=rollout_logprobs, entropy=entropy, is_weights=is_weights)
-    _check_params(eps_low, eps_high, clip_ratio_c, loss_agg_mode, ratio_level, kl_coef, kl_estimator,
-                  tis_cap, tis_level)
+    check_loss_params(eps_low, eps_high, clip_ratio_c, loss_agg_mode, ratio_level, kl_coef, kl_estimator,
+                      tis_cap, tis_level)
     mask = response_mask.to(logprobs.dtype)
     adv = advantages[:, None].expand_as(logprobs) if advantages.dim() == 1 else advantages  # (B, T)
     old = old_logprobs.detach()
@@ -368,8 +368,9 @@ def _validate(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, respon
             )
 
 
-def _check_params(eps_low: float, eps_high: float, clip_ratio_c: float | None, mode: str, ratio_level: str,
-                  kl_coef: float, kl_estimator: str, tis_cap: float | None, tis_level: str) -> None:
+def check_loss_params(eps_low: float, eps_high: float, clip_ratio_c: float | None, mode: str, ratio_level: str,
+                      kl_coef: float, kl_estimator: str, tis_cap: float | None, tis_level: str) -> None:
+    """Raise ValueError naming the loss parameter that is out of range (shared by rl.ops.fused_loss)."""
     if not 0.0 <= eps_low < 1.0 or eps_high < 0.0:
         raise ValueError(f"clip range: need 0 <= eps_low < 1 and eps_high >= 0, got {eps_low}, {eps_high}")
     if clip_ratio_c is not None and clip_ratio_c <= 1.0:

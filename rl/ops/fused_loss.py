@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from rl.losses import _check_params, tis_weights, token_loss_terms
+from rl.losses import check_loss_params, tis_weights, token_loss_terms
 from rl.ops.logprob import _operands, resolve_impl, triton_grads, triton_stats
 from rl.ops.reference import acc_dtype, add_onehot_grad, check_inputs, chunk_grad, chunk_stats, target_logits
 
@@ -260,8 +260,8 @@ def fused_policy_loss(
     N = hidden.shape[0]
     _per_token(N, old_logprobs=old_logprobs, advantages=advantages, response_mask=response_mask,
                ref_logprobs=ref_logprobs, rollout_logprobs=rollout_logprobs, is_weights=is_weights)
-    _check_params(eps_low, eps_high, clip_ratio_c, loss_agg_mode, ratio_level, kl_coef, kl_estimator,
-                  tis_cap, tis_level)
+    check_loss_params(eps_low, eps_high, clip_ratio_c, loss_agg_mode, ratio_level, kl_coef, kl_estimator,
+                      tis_cap, tis_level)
     _check_fused_params(loss_agg_mode, ratio_level, tis_level, tis_cap, rollout_logprobs)
     dt = acc_dtype(torch.promote_types(hidden.dtype, weight.dtype))
     tis_metrics: dict[str, float] = {}

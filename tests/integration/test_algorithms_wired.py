@@ -42,6 +42,9 @@ def test_dapo_options(ray_cluster, tmp_path):
         assert r["rollout/ds_rounds"] >= 1 and r["rollout/num_samples"] == 4 * 4  # exactly train_prompts groups
         assert r["reward/overlong_penalty"] < 0  # max_new_tokens=6, buffer 4: long answers are punished
         assert "actor/tis_ess" in r
+    # generated tokens count every round, dropped groups too (carried-over groups train a later step)
+    kept = sum(r["rollout/num_samples"] * r["rollout/response_length_mean"] for r in records)
+    assert sum(r["perf/generated_tokens"] for r in records) >= kept - 1e-6
 
 
 def test_stratified_with_kl_in_reward(ray_cluster, tmp_path):

@@ -86,3 +86,21 @@ def test_resume_continues_at_the_right_step_and_reproduces(ray_cluster, tmp_path
     for r in b[3:]:
         for key in ("reward/mean", "loss/policy", "rollout/response_length_mean", "actor/grad_norm"):
             assert r[key] == pytest.approx(a[r["step"]][key], rel=1e-6, abs=1e-7), key
+
+
+def test_token_budget_stops_early_evaluates_saves_and_stays_stopped_on_resume(ray_cluster, tmp_path):
+    from launch.loop import run
+
+    budget = ["trainer.total_steps=50", "trainer.max_generated_tokens=150", "trainer.eval_every=0",
+              "trainer.save_every=0"]
+    run(debug_config(tmp_path, *budget))
+    records = _records(tmp_path)
+    last = records[-1]
+    assert 1 <= last["step"] < 50  # 4 prompts x 4 answers x <= 8 tokens per step: the budget ends the run first
+    totals = [r["perf/generated_tokens_total"] for r in records[1:]]
+    assert totals[-1] >= 150 and all(t < 150 for t in totals[:-1])  # stops after the step that spends it
+    assert totals[-1] == sum(r["perf/generated_tokens"] for r in records[1:])
+    assert "eval/accuracy" in last  # the last step is evaluated
+    assert (tmp_path / "checkpoints" / f"step_{last['step']}").is_dir() and (tmp_path / "final" / "config.json").is_file()
+    run(debug_config(tmp_path, *budget))  # resume=auto from the spent budget: nothing more runs
+    assert _records(tmp_path) == records
