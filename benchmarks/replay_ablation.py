@@ -7,7 +7,8 @@ Each arm is a real `python -m launch.train` run (its own local Ray cluster), one
   - off: the recipe as is, `--steps` steps; its generated response tokens T set the budget;
   - on:  `algorithm.replay.enable=true` (SSR defaults: shortfall top-up, max_staleness 1, C = 2), stopped by
          `trainer.max_generated_tokens=T`, so both arms spend the same generation (to within one step);
-  - ds, ds_on: DAPO dynamic sampling without / with replay, under the same budget (optional arms).
+  - ds: DAPO dynamic sampling (regenerate until every group is informative), under the same budget;
+  - ds_on: dynamic sampling capped at 2 rounds per step, the replay buffer filling what is still missing.
 Same `trainer.seed` everywhere: the same prompt order and the same sampling seeds per round.
 Reports per arm the held-out greedy accuracy at every eval step, the generated tokens, the informative
 samples trained (|advantage| > 0, fresh and replayed) and generated tokens per informative sample.
@@ -30,7 +31,8 @@ ARMS = {
     "off": [],
     "on": ["algorithm.replay.enable=true"],
     "ds": ["algorithm.dynamic_sampling.enable=true"],
-    "ds_on": ["algorithm.dynamic_sampling.enable=true", "algorithm.replay.enable=true"],
+    "ds_on": ["algorithm.dynamic_sampling.enable=true", "algorithm.dynamic_sampling.max_rounds=2",
+              "algorithm.replay.enable=true"],
 }
 
 

@@ -136,7 +136,8 @@ class Driver:
             samples = [s for g in groups for s in g]
             return samples, timing, self._rollout_metrics(samples)
         failed_rounds = 0
-        while not self.sampler.ready(B):
+        short_ok = self.replay is not None  # after max_rounds the replay buffer fills the shortfall (§4.3)
+        while not self.sampler.ready(B, allow_short=short_ok):
             groups = self._generate_round(B, G, timing)
             # filter on accuracy of the samples that were scored; a group needs two to vary
             clean = [[s for s in g if s.reward_status == "ok"] for g in groups]
@@ -148,8 +149,13 @@ class Driver:
                 if failed_rounds >= (cfg.algorithm.dynamic_sampling.max_rounds or 10):
                     raise RuntimeError("dynamic sampling: every sample of several rounds failed its reward "
                                        f"function; see {self.out / 'quarantine.jsonl'}")
-        groups = self.sampler.take(B)
+        groups = self.sampler.take(B, allow_short=short_ok)
         samples = [s for g in groups for s in g]
+        if not samples and (self.replay.evict_stale(self.version), len(self.replay))[1] == 0:
+            raise RuntimeError(f"dynamic sampling: no informative group in {cfg.algorithm.dynamic_sampling.max_rounds} "
+                               "rounds and nothing in the replay buffer to train on. The data is too hard or too easy "
+                               "for the current model: raise algorithm.dynamic_sampling.max_rounds, raise "
+                               "rollout.group_size, or use a dataset of matching difficulty")
         metrics = self._rollout_metrics(samples)
         metrics.update(self.sampler.metrics)
         return samples, timing, metrics
@@ -228,7 +234,7 @@ class Driver:
     def kl_in_reward(self, samples: list[Sample]) -> dict[str, float]:
         """Optional PPO-RLHF-style penalty: reward −= coef · Σ_t KL_t(π_θ‖π_ref), before advantages."""
         kr = self.cfg.algorithm.kl_in_reward
-        if not kr.enable:
+        if not kr.enable or not samples:
             return {}
         ref = ray.put(samples)
         parts = ray.get([t.sequence_kl.remote(ref, kr.estimator) for t in self.w.trainer])
@@ -284,6 +290,8 @@ class Driver:
                                      n_requested=n)
 
     def _rollout_metrics(self, samples: list[Sample]) -> dict[str, float]:
+        if not samples:  # a dynamic-sampling step that ended with no informative group (replay fills it)
+            return {"reward/mean": float("nan"), "rollout/num_samples": 0}
         ok = [s for s in samples if s.reward_status == "ok" and s.reward is not None]
         lengths = [s.response_length for s in samples]
         m = {

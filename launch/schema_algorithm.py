@@ -150,7 +150,8 @@ class DynamicSamplingConfig:
     """What must vary within a group: `reward` (the final reward) or a reward_metrics key (built-in verifiers
     report `acc`). Filter on accuracy, not the shaped reward: overlong shaping alone can make a group vary."""
     max_rounds: int | None = 10
-    """Generation rounds per step before giving up with an error (DAPO script: 10); null = unlimited."""
+    """Generation rounds per step before giving up with an error (DAPO script: 10); null = unlimited. With
+    algorithm.replay.enable the step ends short instead and the replay buffer fills the missing rows."""
     carry_surplus: bool = True
     """Keep informative groups beyond train_prompts for the next step (false: discard them, as verl does)."""
 

@@ -78,8 +78,10 @@ class DynamicSampler:
 
     - `add(groups)`: one generation round; a group is a non-empty list of items.
     - `ready(train_prompts)`: enough groups? Raises RuntimeError once `max_rounds` rounds of this
-      step still left it short (verl `max_num_gen_batches`; None = unlimited).
-    - `take(train_prompts)`: exactly `train_prompts` groups, oldest first. The surplus is carried into
+      step still left it short (verl `max_num_gen_batches`; None = unlimited). With `allow_short=True`
+      it is True then instead: the step ends short and something else fills it (the replay buffer, §4.3).
+    - `take(train_prompts)`: exactly `train_prompts` groups, oldest first (fewer, possibly none, only
+      with `allow_short=True` after `max_rounds`; rollout/ds_short_groups counts them). The surplus is carried into
       the next step when `carry_surplus` (it is then one policy version staler: the trainer's
       old-logprob recomputation/TIS handle that), else discarded and counted (verl behaviour).
     - `metrics`: the last completed step's rollout/ds_* numbers.
@@ -129,13 +131,16 @@ class DynamicSampler:
         self._zero_var += len(groups) - len(kept)
         return len(kept)
 
-    def ready(self, train_prompts: int) -> bool:
-        """True when `train_prompts` informative groups are held; RuntimeError if `max_rounds` is exhausted."""
+    def ready(self, train_prompts: int, *, allow_short: bool = False) -> bool:
+        """True when `train_prompts` informative groups are held, or when `max_rounds` is exhausted and
+        `allow_short`; RuntimeError if `max_rounds` is exhausted otherwise."""
         if train_prompts < 1:
             raise ValueError(f"train_prompts={train_prompts} must be >= 1")
         if len(self._kept) >= train_prompts:
             return True
         if self.max_rounds is not None and self._rounds >= self.max_rounds:
+            if allow_short:
+                return True
             raise RuntimeError(
                 f"dynamic sampling: after {self._rounds} generation rounds only {len(self._kept)} of "
                 f"{train_prompts} prompt groups are informative ({self._zero_var} of {self._seen} groups had "
@@ -145,9 +150,10 @@ class DynamicSampler:
             )
         return False
 
-    def take(self, train_prompts: int) -> list[list[Any]]:
-        """Exactly `train_prompts` groups (oldest first); the surplus is carried or discarded."""
-        if not self.ready(train_prompts):
+    def take(self, train_prompts: int, *, allow_short: bool = False) -> list[list[Any]]:
+        """Exactly `train_prompts` groups (oldest first), or with `allow_short` after `max_rounds` what is
+        held; the surplus is carried or discarded."""
+        if not self.ready(train_prompts, allow_short=allow_short):
             raise RuntimeError(f"DynamicSampler.take({train_prompts}): only {len(self._kept)} groups held; "
                                "call add() until ready() is True")
         batch, surplus = self._kept[:train_prompts], self._kept[train_prompts:]
@@ -162,6 +168,7 @@ class DynamicSampler:
             "rollout/ds_carried_in": float(self._carried_in),
             "rollout/ds_surplus": float(len(surplus)),
             "rollout/ds_discarded_total": float(self._discarded_total),
+            "rollout/ds_short_groups": float(train_prompts - len(batch)),
         }
         self._kept = surplus if self.carry_surplus else []
         self._carried_in = len(self._kept)

@@ -67,3 +67,34 @@ def test_resume_with_replay_reproduces(ray_cluster, tmp_path):
     for r in b[3:]:
         for key in ("loss/policy", "replay/size", "replay/fraction", "replay/mean_staleness", "actor/grad_norm"):
             assert r[key] == pytest.approx(a[r["step"]][key], rel=1e-6, abs=1e-7), key
+
+
+REWARD = '''
+def ones(prompt: str, completion: str, **sample) -> float:
+    return completion.count("1") / max(len(completion), 1)
+'''
+
+
+def test_dynamic_sampling_short_step_is_topped_up_from_the_buffer(ray_cluster, tmp_path):
+    """With replay on, dynamic sampling capped at one round ends a step short instead of failing, and the
+    buffer fills the batch back to train_prompts x group_size informative rows (ALGORITHMS.md §4.3)."""
+    from launch.loop import run
+
+    fn = tmp_path / "r.py"
+    fn.write_text(REWARD)
+    out = tmp_path / "run"
+    run(debug_config(out, f"reward.fns=[{fn}:ones]", "data.eval=null", "trainer.total_steps=4", "trainer.save_every=0",
+                     "algorithm.dynamic_sampling.enable=true", "algorithm.dynamic_sampling.metric=reward",
+                     "algorithm.dynamic_sampling.max_rounds=1", "algorithm.replay.enable=true"))
+    records = _records(out)  # no eval split: no step-0 record
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    short = [r for r in records if r["rollout/ds_short_groups"] > 0]
+    assert short, [r["rollout/ds_short_groups"] for r in records]  # one round never gave all 4 groups here
+    for r in records:
+        assert r["rollout/ds_rounds"] == 1.0
+        fresh = r["rollout/num_samples"]  # informative groups only (metric=reward varies within them)
+        assert fresh == 4 * (4 - r["rollout/ds_short_groups"])
+        if r["replay/shortfall"] == 0:  # the buffer had something to draw: the batch is full and informative
+            assert r["actor/trained_samples"] == r["actor/informative_samples"] == 16
+            assert r["replay/fraction"] == pytest.approx((16 - fresh) / 16)
+    assert any(r["replay/fraction"] > 0 for r in short)

@@ -117,6 +117,23 @@ def test_max_rounds_error_says_what_to_do():
     assert not unlimited.ready(1)
 
 
+def test_allow_short_ends_the_step_after_max_rounds_with_what_is_held():
+    ds = DynamicSampler(acc, max_rounds=2)
+    ds.add(groups_from([[1, 1], [0, 1]]))
+    assert not ds.ready(4, allow_short=True)  # rounds left: keep generating
+    ds.add(groups_from([[0, 0], [1, 0]]))
+    assert ds.ready(4, allow_short=True)
+    batch = ds.take(4, allow_short=True)
+    assert len(batch) == 2 and ds.metrics["rollout/ds_short_groups"] == 2.0
+    # the next step starts afresh: round count reset, nothing held
+    ds.add(groups_from([[1, 1]]))
+    ds.add(groups_from([[0, 0]]))
+    assert ds.take(1, allow_short=True) == [] and ds.metrics["rollout/ds_short_groups"] == 1.0
+    full = DynamicSampler(acc, max_rounds=1)
+    full.add(groups_from([[0, 1], [1, 0]]))
+    assert len(full.take(2, allow_short=True)) == 2 and full.metrics["rollout/ds_short_groups"] == 0.0
+
+
 def test_bad_usage_errors():
     ds = DynamicSampler(acc)
     with pytest.raises(ValueError, match="group 1 is empty"):
