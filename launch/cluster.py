@@ -59,10 +59,23 @@ def connect(cfg: Config) -> None:
                 f"`ray start --head`, fix the address, or drop ray.address to run on a local cluster"
             ) from None
     else:
-        # A local cluster stays on loopback: nothing listens on or talks to outside interfaces. Ray maps
-        # 127.0.0.1 to the machine's routable IP unless its "no real cluster" switch is set (Ray 2.x).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        use_loopback()
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
+
+
+def use_loopback() -> None:
+    """Keep a local cluster on 127.0.0.1: nothing listens on or talks to outside interfaces.
+
+    Ray (2.x) maps 127.0.0.1 to the machine's routable IP unless its "no real cluster" switch
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set; it reads that variable once, when `ray` is imported, so
+    setting it afterwards needs the module constant too. The variable also reaches the processes Ray
+    starts. A user who exports RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 keeps Ray's default.
+    """
+    from ray._private import ray_constants  # no public switch exists; checked by tests/unit/test_cluster_loopback.py
+
+    os.environ.setdefault(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0")
+    if os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] == "0":
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _threads(requested: int, concurrent: int) -> int:

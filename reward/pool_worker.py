@@ -100,9 +100,23 @@ def _summary(exc: BaseException, limits: sandbox.Limits) -> str:
         return f"{text} (out of memory under memory_limit_mb={limits.memory_mb})"
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
         return f"{text} (wrote past the {limits.file_size_mb} MB file-size limit; printed output counts)"
-    if isinstance(exc, OSError) and exc.errno == errno.EAGAIN and "fork" in traceback.format_exc():
+    if isinstance(exc, OSError) and exc.errno == errno.EAGAIN and _raised_by_fork(exc):
         return f"{text} (process limit max_processes={limits.max_processes} reached)"
     return text
+
+
+def _raised_by_fork(exc: BaseException) -> bool:
+    """Whether the innermost Python frame was starting a process (os.fork, subprocess, posix_spawn).
+
+    Reads the code objects, not the source text: under a fork bomb, or for a file the sandbox cannot read,
+    the traceback has no source lines."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    names = set(tb.tb_frame.f_code.co_names)
+    return bool(names & {"fork", "forkpty", "fork_exec", "_fork_exec", "posix_spawn", "posix_spawnp", "spawnv"})
 
 
 def _after_call(info: sandbox.SandboxInfo, log_path: str) -> None:

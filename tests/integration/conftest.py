@@ -11,8 +11,10 @@ import pytest
 def ray_cluster():
     import ray
 
+    from launch.cluster import use_loopback
+
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep the local cluster on loopback
+    use_loopback()  # as a local launch.train run does
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}})
     yield ray

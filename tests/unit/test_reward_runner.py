@@ -141,3 +141,26 @@ def test_quarantine_appends_from_several_processes_never_interleave(tmp_path):
     assert all(p.wait() == 0 for p in procs)
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert len(lines) == 4 * 40 * 3 + 1
+
+
+def test_process_limit_named_even_without_source_lines():
+    """EAGAIN from os.fork names the process limit; the check reads code objects, so it holds when the
+    traceback has no source text (a file the sandbox cannot read, or linecache failing under a fork bomb)."""
+    import errno
+    import os
+
+    from reward import sandbox
+    from reward.pool_worker import _summary
+
+    ns = {"os": os}
+    exec(compile("def bomb():\n    os.fork\n    raise BlockingIOError(11, 'Resource temporarily unavailable')\n",
+                 "<no source>", "exec"), ns)
+    limits = sandbox.Limits(max_processes=7)
+    try:
+        ns["bomb"]()
+    except OSError as exc:
+        assert "process limit max_processes=7 reached" in _summary(exc, limits)
+    try:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")  # non-blocking I/O, not a fork
+    except OSError as exc:
+        assert "process limit" not in _summary(exc, limits)
