@@ -73,7 +73,7 @@ class Driver:
 
     # -- the loop --------------------------------------------------------------------------
     def train(self) -> None:
-        cfg, t = self.cfg, self.cfg.trainer
+        t = self.cfg.trainer
         if self.start_step == 0 and self.prep.eval_rows:
             self.logger.log(0, self.evaluate())
         for step in range(self.start_step + 1, t.total_steps + 1):
@@ -150,12 +150,7 @@ class Driver:
                     raise RuntimeError("dynamic sampling: every sample of several rounds failed its reward "
                                        f"function; see {self.out / 'quarantine.jsonl'}")
         groups = self.sampler.take(B, allow_short=short_ok)
-        samples = [s for g in groups for s in g]
-        if not samples and (self.replay.evict_stale(self.version), len(self.replay))[1] == 0:
-            raise RuntimeError(f"dynamic sampling: no informative group in {cfg.algorithm.dynamic_sampling.max_rounds} "
-                               "rounds and nothing in the replay buffer to train on. The data is too hard or too easy "
-                               "for the current model: raise algorithm.dynamic_sampling.max_rounds, raise "
-                               "rollout.group_size, or use a dataset of matching difficulty")
+        samples = [s for g in groups for s in g]  # empty only when short_ok: mix_replay then fills the batch
         metrics = self._rollout_metrics(samples)
         metrics.update(self.sampler.metrics)
         return samples, timing, metrics
@@ -282,8 +277,14 @@ class Driver:
         for k, s in enumerate(replayed):  # copies: setting fields never touches the stored entries
             s.replayed, s.is_weight = True, (u[k] if u else 1.0)
         batch = eff + replayed
-        if not batch:  # nothing informative and an empty buffer: the fresh batch trains (all rows skipped) as without replay
-            batch = list(samples)
+        if not batch:  # nothing informative and an empty buffer
+            if not samples:  # a dynamic-sampling step that ended with no group at all
+                raise RuntimeError(
+                    f"dynamic sampling: no informative group in {self.cfg.algorithm.dynamic_sampling.max_rounds} "
+                    "rounds and nothing in the replay buffer to train on. The data is too hard or too easy for the "
+                    "current model: raise algorithm.dynamic_sampling.max_rounds, raise rollout.group_size, or use a "
+                    "dataset of matching difficulty")
+            batch = list(samples)  # the fresh batch trains (all rows skipped), as without replay
         # mini-batches are contiguous slices: interleave so that no update sees only replayed rows
         batch = [batch[i] for i in torch.randperm(len(batch), generator=self.replay_rng).tolist()]
         return batch, replay_metrics(self.replay, replayed, n_batch=len(batch), current_version=self.version,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
 
 import ray
 import torch

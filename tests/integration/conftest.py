@@ -26,3 +26,17 @@ def debug_config(tmp_path, *overrides: str):
 
     return load_config("configs/debug_cpu.yaml", [f"trainer.output_dir={tmp_path}",
                                                   f"model.cache_dir={tmp_path.parent / 'models'}", *overrides])
+
+
+ONES_REWARD = '''
+def ones(prompt: str, completion: str, **sample) -> float:
+    return completion.count("1") / max(len(completion), 1)
+'''
+
+
+def ones_reward(directory) -> str:
+    """A user reward file a tiny model can learn (the share of "1" characters), written under `directory`;
+    returns its `reward.fns` spec."""
+    path = directory / "ones_reward.py"
+    path.write_text(ONES_REWARD)
+    return f"{path}:ones"

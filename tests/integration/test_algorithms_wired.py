@@ -12,24 +12,16 @@ import json
 
 import pytest
 
-from .conftest import debug_config
+from .conftest import debug_config, ones_reward
 
 pytestmark = pytest.mark.slow
-
-REWARD = '''
-def ones(prompt: str, completion: str, **sample) -> float:
-    return completion.count("1") / max(len(completion), 1)
-'''
-
 
 def _run(tmp_path, *overrides):
     from launch.loop import run
 
-    fn = tmp_path / "r.py"
-    fn.write_text(REWARD)
     out = tmp_path / "run"
-    run(debug_config(out, f"reward.fns=[{fn}:ones]", "data.eval=null", "trainer.total_steps=2", "trainer.save_every=0",
-                     *overrides))
+    run(debug_config(out, f"reward.fns=[{ones_reward(tmp_path)}]", "data.eval=null", "trainer.total_steps=2",
+                     "trainer.save_every=0", *overrides))
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 

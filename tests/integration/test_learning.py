@@ -11,23 +11,15 @@ import json
 
 import pytest
 
-from .conftest import debug_config
+from .conftest import debug_config, ones_reward
 
 pytestmark = pytest.mark.slow
-
-REWARD = '''
-def ones(prompt: str, completion: str, **sample) -> float:
-    return completion.count("1") / max(len(completion), 1)
-'''
-
 
 def test_mean_reward_rises_under_grpo(ray_cluster, tmp_path):
     from launch.loop import run
 
-    reward_file = tmp_path / "my_reward.py"
-    reward_file.write_text(REWARD)
     out = tmp_path / "run"
-    cfg = debug_config(out, f"reward.fns=[{reward_file}:ones]", "data.eval=null", "trainer.total_steps=16",
+    cfg = debug_config(out, f"reward.fns=[{ones_reward(tmp_path)}]", "data.eval=null", "trainer.total_steps=16",
                        "trainer.num_workers=1", "trainer.zero_stage=0", "trainer.lr=3e-3", "trainer.save_every=0",
                        "trainer.train_prompts=8", "rollout.group_size=8", "rollout.max_new_tokens=6",
                        "algorithm.loss.eps_high=0.28")

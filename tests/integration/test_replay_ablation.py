@@ -15,23 +15,19 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import ones_reward
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
-REWARD = '''
-def ones(prompt: str, completion: str, **sample) -> float:
-    return completion.count("1") / max(len(completion), 1)
-'''
-
 
 def test_ablation_arms_share_the_token_budget_and_replay_fills_the_batch(tmp_path):
-    fn = tmp_path / "r.py"
-    fn.write_text(REWARD)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
         [sys.executable, "benchmarks/replay_ablation.py", "--config", "configs/debug_cpu.yaml", "--steps", "1",
-         "--out", str(tmp_path / "ablation"), f"reward.fns=[{fn}:ones]", f"model.cache_dir={tmp_path / 'models'}"],
+         "--out", str(tmp_path / "ablation"), f"reward.fns=[{ones_reward(tmp_path)}]",
+         f"model.cache_dir={tmp_path / 'models'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     off, on = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])

@@ -13,7 +13,7 @@ import torch
 from launch.config import load_config
 from rl.trainer import TrainerWorker
 
-from .conftest import debug_config
+from .conftest import debug_config, ones_reward
 from .test_trainer_paths import _samples
 
 pytestmark = pytest.mark.slow
@@ -69,21 +69,14 @@ def test_resume_with_replay_reproduces(ray_cluster, tmp_path):
             assert r[key] == pytest.approx(a[r["step"]][key], rel=1e-6, abs=1e-7), key
 
 
-REWARD = '''
-def ones(prompt: str, completion: str, **sample) -> float:
-    return completion.count("1") / max(len(completion), 1)
-'''
-
-
 def test_dynamic_sampling_short_step_is_topped_up_from_the_buffer(ray_cluster, tmp_path):
     """With replay on, dynamic sampling capped at one round ends a step short instead of failing, and the
     buffer fills the batch back to train_prompts x group_size informative rows (ALGORITHMS.md §4.3)."""
     from launch.loop import run
 
-    fn = tmp_path / "r.py"
-    fn.write_text(REWARD)
     out = tmp_path / "run"
-    run(debug_config(out, f"reward.fns=[{fn}:ones]", "data.eval=null", "trainer.total_steps=4", "trainer.save_every=0",
+    run(debug_config(out, f"reward.fns=[{ones_reward(tmp_path)}]", "data.eval=null", "trainer.total_steps=4",
+                     "trainer.save_every=0",
                      "algorithm.dynamic_sampling.enable=true", "algorithm.dynamic_sampling.metric=reward",
                      "algorithm.dynamic_sampling.max_rounds=1", "algorithm.replay.enable=true"))
     records = _records(out)  # no eval split: no step-0 record
@@ -98,3 +91,18 @@ def test_dynamic_sampling_short_step_is_topped_up_from_the_buffer(ray_cluster, t
             assert r["actor/trained_samples"] == r["actor/informative_samples"] == 16
             assert r["replay/fraction"] == pytest.approx((16 - fresh) / 16)
     assert any(r["replay/fraction"] > 0 for r in short)
+
+
+def test_empty_short_step_with_an_empty_buffer_fails_with_what_to_change():
+    """Nothing fresh and nothing to replay: the step cannot train, and the error says what to change."""
+    from types import SimpleNamespace
+
+    from launch.config import load_config
+    from launch.loop import Driver
+
+    cfg = load_config("configs/debug_cpu.yaml",
+                      ["algorithm.replay.enable=true", "algorithm.dynamic_sampling.enable=true"])
+    driver = SimpleNamespace(cfg=cfg, replay=cfg.algorithm.replay.build(drop_truncated=False),
+                             replay_rng=torch.Generator().manual_seed(0), step=1, version=0)
+    with pytest.raises(RuntimeError, match="no informative group in 10 rounds and nothing in the replay buffer"):
+        Driver.mix_replay(driver, [])

@@ -33,7 +33,6 @@ def test_recipes_accept_the_contract_overrides(path, tmp_path):
 def _sections(cls=Config):
     yield cls
     for f in dataclasses.fields(cls):
-        typ = cls.__annotations__[f.name]
         sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(sub):
             yield from _sections(type(sub))
