@@ -26,7 +26,7 @@ import torch
 from launch import checkpoint
 from launch.cluster import Workers, check_reachable, connect, create_workers
 from launch.config import Config, save_config
-from launch.metrics import MetricsLogger, aggregate_trainer_records
+from launch.metrics import MetricsLogger, aggregate_trainer_records, parity_metrics
 from launch.prepare import Prepared, prepare
 from rl.advantages import compute_advantages, strata_from_samples
 from rl.replay import per_weights, ratio_count, replay_metrics, rng_state, set_rng_state, topup_count
@@ -91,7 +91,8 @@ class Driver:
             ref = ray.put(batch)
             results = ray.get([r.train_step.remote(ref, t.mini_batches, t.epochs) for r in self.w.trainer])
             records = [rec for res in results for rec in res["records"]]
-            metrics.update(aggregate_trainer_records(records, t.mini_batches * t.epochs))
+            metrics.update(aggregate_trainer_records(records, results[0]["updates"]))
+            metrics.update(parity_metrics([res["parity"] for res in results]))
             metrics["actor/lr"] = results[0]["lr"]
             if results[0]["grad_norms"]:
                 metrics["actor/grad_norm"] = sum(results[0]["grad_norms"]) / len(results[0]["grad_norms"])

@@ -41,6 +41,18 @@ def aggregate_trainer_records(records: list[dict[str, float]], num_updates: int)
     return out
 
 
+def parity_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Trainer-vs-rollout-engine logprob gap of the step's trained tokens, from every rank's sums
+    (rl.policy.parity_sums): mean and max |ℓ^trainer − ℓ^engine|, and the k3 estimate of KL(engine‖trainer).
+    Empty when no token was trained."""
+    count = sum(p["parity/count"] for p in parts)
+    if not count:
+        return {}
+    return {"rollout/logprob_diff_mean": sum(p["parity/abs_sum"] for p in parts) / count,
+            "rollout/logprob_diff_max": max(p["parity/abs_max"] for p in parts),
+            "rollout/behaviour_kl_k3": sum(p["parity/k3_sum"] for p in parts) / count}
+
+
 class MetricsLogger:
     def __init__(self, output_dir: str | Path, *, total_steps: int, config: dict, wandb_mode: str,
                  wandb_project: str, console: str, start_step: int = 0):

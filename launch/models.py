@@ -122,6 +122,8 @@ def build_tiny_random(out: Path, hidden_size: int = 64, num_layers: int = 2, see
         max_position_embeddings=512, tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    with torch.random.fork_rng(devices=[]):  # seeded init; the caller's RNG stream is left as it was
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)

@@ -20,15 +20,20 @@ import torch
 from torch import nn
 
 from rl.batch import MicroBatch, unpack
-from rl.losses import policy_loss
+from rl.losses import kl_penalty, policy_loss
 from rl.ops import fused_policy_loss, token_logprobs_entropy
 from rl.replay import staleness_weights
 
 
 class PolicyModule(nn.Module):
+    """`logit_scale`: the model's own multiplier on its LM-head logits (Cohere `logit_scale`, Granite
+    1/`logits_scaling`), folded into the temperature so that the fused op sees plain `h·Wᵀ / T`."""
+
     def __init__(self, model: nn.Module):
         super().__init__()
+        disable_dropout(model)
         self.model = model
+        self.logit_scale = check_head(model)
 
     @property
     def head(self) -> nn.Module:
@@ -55,6 +60,7 @@ class PolicyModule(nn.Module):
                 loss_params: dict | None = None, ref_logprobs: torch.Tensor | None = None,
                 global_num_tokens: float | None = None, global_num_seqs: float | None = None,
                 replay_staleness_cap: float | None = None):
+        temperature = temperature / self.logit_scale
         hidden = self.hidden_states(mb)
         if mb.num_tokens == 0:
             # A rank with no trained token in this micro-batch (padding so that all ranks run the same
@@ -84,17 +90,20 @@ class PolicyModule(nn.Module):
 
     def _fused_loss(self, h, w, mb: MicroBatch, temperature, params, ref_logprobs, global_num_tokens, replay_cap):
         params = {k: v for k, v in params.items() if k not in ("loss_agg_mode", "ratio_level", "loss_scale_factor")}
-        old = mb.old_logprobs
+        old, parity = mb.old_logprobs, {}
         if old is None:  # single update per batch: the proximal policy is the current one
             with torch.no_grad():
                 old, _ = token_logprobs_entropy(h, w, mb.targets, temperature=temperature, with_entropy=False)
+            parity = parity_sums(old, mb.rollout_logprobs)
         if params.get("tis_cap") is None:
             params.pop("tis_level", None)
         is_w, replay_metrics = sample_weights(mb, old, replay_cap)
+        # entropy is always computed (a logged metric: clip-higher exists to keep it from collapsing)
         loss, metrics = fused_policy_loss(h, w, mb.targets, old, mb.advantages, temperature=temperature,
                                           global_num_tokens=global_num_tokens, ref_logprobs=ref_logprobs,
-                                          rollout_logprobs=mb.rollout_logprobs, is_weights=is_w, **params)
-        return loss, {**metrics, **replay_metrics}
+                                          rollout_logprobs=mb.rollout_logprobs, is_weights=is_w,
+                                          compute_entropy=True, **params)
+        return loss, {**metrics, **replay_metrics, **parity}
 
     def _unfused_loss(self, logprobs, entropy, mb: MicroBatch, params, ref_logprobs, global_num_tokens,
                       global_num_seqs, replay_cap):
@@ -113,7 +122,8 @@ class PolicyModule(nn.Module):
             extra["is_weights"] = unpack(is_w, mb.seq_index, rows)[0]
         loss, metrics = policy_loss(lp, old, adv, mask, global_num_tokens=global_num_tokens,
                                     global_num_seqs=global_num_seqs, **extra, **params)
-        return loss, {**metrics, **replay_metrics}
+        parity = parity_sums(logprobs.detach(), mb.rollout_logprobs) if mb.old_logprobs is None else {}
+        return loss, {**metrics, **replay_metrics, **parity}
 
 
 def sample_weights(mb: MicroBatch, old: torch.Tensor, replay_cap: float | None) -> tuple[torch.Tensor | None, dict]:
@@ -126,6 +136,92 @@ def sample_weights(mb: MicroBatch, old: torch.Tensor, replay_cap: float | None) 
         stale = torch.where(mb.replayed, sw[0], torch.ones_like(sw[0]))
         w = stale if w is None else w * stale
     return w, metrics
+
+
+PARITY_KEYS = ("parity/count", "parity/abs_sum", "parity/k3_sum", "parity/abs_max")
+
+
+def parity_sums(trainer_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor) -> dict[str, float]:
+    """Engine/trainer mismatch on the sampled tokens, as sums to combine over micro-batches and ranks:
+    token count, Σ|ℓ^π − ℓ^μ|, Σ k3 and max |ℓ^π − ℓ^μ|, with ℓ^π the trainer's logprob of a rollout
+    token before the update and ℓ^μ the engine's. k3 = r − 1 − log r with r = π/μ is Schulman's unbiased,
+    non-negative estimator of KL(μ‖π) on tokens drawn from μ. `launch.metrics.parity_metrics` turns the
+    sums into rollout/logprob_diff_mean, rollout/logprob_diff_max and rollout/behaviour_kl_k3."""
+    with torch.no_grad():
+        t = trainer_logprobs.detach().double()
+        r = rollout_logprobs.detach().to(t.device).double()
+        diff = (t - r).abs()
+        k3 = kl_penalty(r, t, "k3")  # exp(ℓ^π − ℓ^μ) − (ℓ^π − ℓ^μ) − 1
+        vals = torch.stack([diff.new_tensor(float(diff.numel())), diff.sum(), k3.sum(),
+                            diff.max() if diff.numel() else diff.new_zeros(())]).tolist()
+    return dict(zip(PARITY_KEYS, vals))
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Dropout off everywhere, in train mode too: the policy-gradient ratio compares two forward passes
+    of the same weights (and the rollout engine never drops), so dropout noise would be pure bias.
+    Covers nn.Dropout modules and the float `*dropout*` attributes that attention code reads directly."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+    config = getattr(model, "config", None)
+    for name, value in list(vars(config).items()) if config is not None else []:
+        if "dropout" in name and isinstance(value, float):
+            setattr(config, name, 0.0)
+
+
+class UnsupportedHeadError(ValueError):
+    """The model's LM head does something the hidden-state loss path would silently leave out."""
+
+
+@torch.no_grad()
+def check_head(model: nn.Module) -> float:
+    """The multiplier the model applies to `h·Wᵀ` (1.0 for most models), after checking that
+    softmax(logit_scale · h·Wᵀ) really is the model's own next-token distribution.
+
+    The trainer computes logprobs from final hidden states and the head weight (never materialising
+    logits), so a head bias, logit soft-capping (Gemma-2) or any other transform of the logits would be
+    dropped silently while the rollout engine applies it. Known scalings are folded into the temperature
+    (Cohere `logit_scale`, Granite `logits_scaling`); anything else is refused here, at load, by comparing
+    one short forward pass of the model against the hidden-state path."""
+    cfg = model.config
+    name = type(model).__name__
+    if getattr(cfg, "final_logit_softcapping", None):
+        raise UnsupportedHeadError(
+            f"{name}: final_logit_softcapping={cfg.final_logit_softcapping} (tanh soft-capping of the logits) is "
+            "not supported by the trainer's hidden-state loss path; train a model without logit soft-capping")
+    head = model.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        raise UnsupportedHeadError(f"{name}: no output embedding (LM head) weight found")
+    if getattr(head, "bias", None) is not None:
+        raise UnsupportedHeadError(f"{name}: the LM head has a bias, which the trainer's hidden-state loss path "
+                                   "does not add; train a model whose head is a plain linear map")
+    scale = float(getattr(cfg, "logit_scale", None) or 1.0)  # Cohere: logits * logit_scale
+    if getattr(cfg, "logits_scaling", None):  # Granite: logits / logits_scaling
+        scale /= float(cfg.logits_scaling)
+    was_training = model.training
+    model.eval()
+    try:
+        ids = torch.tensor([[min(1, head.weight.shape[0] - 1), min(2, head.weight.shape[0] - 1)]],
+                           device=head.weight.device)
+        hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state  # as PolicyModule reads it
+        ours = torch.log_softmax(scale * hidden.float() @ head.weight.float().t(), -1)
+        logits = model(input_ids=ids, use_cache=False).logits
+        theirs = torch.log_softmax(logits.float(), -1)
+    finally:
+        model.train(was_training)
+    gap = float((ours - theirs).abs().max())
+    # Error model: the model rounds each logit z to its dtype (|δz| <= u·|z|, u = eps/2) where we keep fp32;
+    # a log-softmax difference is then at most 2·u·max|z|, plus fp32 summation-order noise.
+    tol = torch.finfo(logits.dtype).eps * float(logits.float().abs().max()) + 1e-4
+    if gap > tol:
+        raise UnsupportedHeadError(
+            f"{name}: its logits differ from logit_scale·(final hidden state · head weight) by up to {gap:.3g} "
+            "nats (a transform of the logits the trainer does not know about); this architecture is not supported")
+    return scale
 
 
 def naive_logprobs_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import replace
 
 import ray
 import torch
 import torch.distributed as dist
 
 from rl.batch import MicroBatch, collate, split_by_token_budget
-from rl.policy import PolicyModule
+from rl.policy import PARITY_KEYS, PolicyModule, parity_sums
 from rl.types import Sample
 from rl.weight_sync import Deadline, WeightPublisher, full_state_dict, gather_buckets
 
@@ -100,8 +101,10 @@ class TrainerWorker:
                 p.requires_grad_(False)
 
     # -- training -----------------------------------------------------------------------------
-    def train_step(self, samples: list[Sample], num_mini_batches: int, epochs: int) -> dict[str, list]:
-        """One step's updates; returns per-micro-batch metric records for the driver to aggregate."""
+    def train_step(self, samples: list[Sample], num_mini_batches: int, epochs: int) -> dict:
+        """One step's updates. Returns per-micro-batch metric records (for the driver to aggregate), the lr,
+        grad norms, the number of this rank's samples skipped for a zero advantage, and `parity`: sums of
+        the trainer-vs-engine logprob gap over this rank's trained tokens (rl.policy.parity_sums)."""
         counted = [s.advantage is not None and s.reward_status == "ok" and bool(s.response_ids) for s in samples]
         # A sample with advantage 0 adds exactly 0 to the loss and its gradient when no KL or entropy term is
         # on (its per-token term is -0·ratio whatever the ratio, clip or TIS weight). Its tokens still count in
@@ -109,9 +112,12 @@ class TrainerWorker:
         # All-correct/all-wrong GRPO groups make this a large saving early in training.
         skip_zero = self.loss_params.get("kl_coef", 0.0) == 0 and self.loss_params.get("entropy_coef", 0.0) == 0
         trained = [c and not (skip_zero and s.advantage == 0) for c, s in zip(counted, samples)]
-        minis = _split(list(range(len(samples))), num_mini_batches)
+        minis = [m for m in split_even(list(range(len(samples))), num_mini_batches) if m]  # no empty update
         shards = [mini[self.rank::self.world_size] for mini in minis]
-        old = self._old_logprobs(samples, shards, trained) if num_mini_batches * epochs > 1 else None
+        parity = dict.fromkeys(PARITY_KEYS, 0.0)
+        old = None
+        if num_mini_batches * epochs > 1:  # proximal logprobs, before the first update
+            old = self._per_sample_logprobs(samples, shards, trained, parity=parity)[0]
         records: list[dict[str, float]] = []
         grad_norms: list[float] = []
         self.engine.train()
@@ -120,8 +126,12 @@ class TrainerWorker:
                 recs, norm = self._update(samples, shard, trained, counted, old)
                 records += recs
                 grad_norms += [norm] if norm is not None else []
-        return {"records": records, "lr": self.engine.get_lr()[0], "grad_norms": grad_norms,
-                "skipped": sum(c and not t for c, t in zip(counted, trained))}
+        for rec in records:  # single update: the loss pass itself measured the gap (its old = current)
+            _add_parity(parity, {k: rec.pop(k) for k in PARITY_KEYS if k in rec})
+        mine = [i for shard in shards for i in shard]
+        return {"records": records, "updates": len(shards) * epochs, "lr": self.engine.get_lr()[0],
+                "grad_norms": grad_norms,
+                "skipped": sum(counted[i] and not trained[i] for i in mine), "parity": parity}
 
     def _micro_batches(self, samples, shard, loss_mask, old=None, min_count: int = 0) -> list[MicroBatch]:
         shard = [i for i in shard if loss_mask[i]]  # untrained samples never reach the model
@@ -131,8 +141,8 @@ class TrainerWorker:
         # every rank must run the same number of passes (ZeRO collectives); pad with empty ones
         count = torch.tensor([max(len(mbs), min_count)], dtype=torch.long)
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
-        while len(mbs) < int(count):
-            mbs.append(collate([samples[0]], [0], self.pad_id, [False]))
+        while len(mbs) < int(count):  # a padding pass holds no sample: nothing may be read back from it
+            mbs.append(replace(collate([samples[0]], [0], self.pad_id, [False]), sample_ids=[]))
         return mbs
 
     def _update(self, samples, shard, trained, counted, old) -> tuple[list[dict[str, float]], float | None]:
@@ -160,22 +170,20 @@ class TrainerWorker:
         return records, None if grad_norm is None else float(grad_norm)
 
     @torch.no_grad()
-    def _old_logprobs(self, samples, shards, loss_mask) -> dict[int, list[float]]:
-        """Proximal-policy logprobs at the start of the step (needed when a step makes >1 update)."""
-        return self._per_sample_logprobs(samples, shards, loss_mask, with_ref=False)[0]
-
-    @torch.no_grad()
-    def _per_sample_logprobs(self, samples, shards, loss_mask, with_ref: bool):
-        """{sample index: current-policy logprobs} (and the reference's) for the given shards."""
+    def _per_sample_logprobs(self, samples, shards, loss_mask, with_ref: bool = False, parity: dict | None = None):
+        """{sample index: current-policy logprobs} (and the reference's) for the given shards; adds the
+        trainer-vs-engine gap of those tokens to `parity` when given."""
         self.engine.eval()
         cur: dict[int, list[float]] = {}
         ref: dict[int, list[float]] = {}
         for shard in shards:
             for mb in self._micro_batches(samples, shard, loss_mask):
                 mb = _to(mb, self.device)
-                lp = self.engine(mb, mode="logprobs", temperature=self.temperature).float().cpu()
+                lp = self.engine(mb, mode="logprobs", temperature=self.temperature).float()
                 rp = self._ref_logprobs(mb) if with_ref else None
-                pos = 0
+                if parity is not None and mb.num_tokens:
+                    _add_parity(parity, parity_sums(lp, mb.rollout_logprobs))
+                lp, pos = lp.cpu(), 0
                 for i in mb.sample_ids:
                     n = len(samples[i].response_ids) if loss_mask[i] and samples[i].response_ids else 0
                     cur[i] = lp[pos:pos + n].tolist()
@@ -295,9 +303,17 @@ def _get(refs: list, timeout_s: float, what: str) -> list:
         raise Deadline(timeout_s, what).error() from None
 
 
-def _split(ids: list[int], parts: int) -> list[list[int]]:
-    size = -(-len(ids) // parts)
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
+def split_even(ids: list[int], parts: int) -> list[list[int]]:
+    """`parts` contiguous slices whose sizes differ by at most one (10 in 4: 3, 3, 2, 2); empty slices only
+    when there are fewer ids than parts."""
+    size, extra = divmod(len(ids), parts)
+    bounds = [k * size + min(k, extra) for k in range(parts + 1)]
+    return [ids[bounds[k]:bounds[k + 1]] for k in range(parts)]
+
+
+def _add_parity(total: dict[str, float], part: dict[str, float]) -> None:
+    for k, v in part.items():
+        total[k] = max(total[k], v) if k.endswith("_max") else total[k] + v
 
 
 def _to(mb: MicroBatch, device: torch.device) -> MicroBatch:

@@ -39,8 +39,14 @@ class HFEngine:
     # -- generation ---------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[GenerationOutput]:
-        if params.seed is not None:
+        if params.seed is None:
+            return self._generate(prompts, params)
+        # seeded: a private RNG stream, so the caller's global RNG is left exactly as it was
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(params.seed)
+            return self._generate(prompts, params)
+
+    def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[GenerationOutput]:
         # prompt-major expansion: row k*n + j is sample j of prompt k
         rows = [(k, p) for k, p in enumerate(prompts) for _ in range(params.n)]
         # Sort by prompt length so each generate() call pads little; restore order afterwards.

@@ -8,8 +8,30 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quiet_environment():
+    """No tokenizer thread pools, no wandb network for the whole session; restored afterwards."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TOKENIZERS_PARALLELISM", os.environ.get("TOKENIZERS_PARALLELISM", "false"))
+        mp.setenv("WANDB_MODE", os.environ.get("WANDB_MODE", "disabled"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def no_global_state_leaks():
+    """Fail a test that changes torch's thread count, default dtype or global RNG and leaves it changed:
+    later tests (numeric tolerances, seeded runs) must not depend on the order tests run in."""
+    import torch
+
+    before = (torch.get_num_threads(), torch.get_default_dtype(), torch.random.get_rng_state())
+    yield
+    after = (torch.get_num_threads(), torch.get_default_dtype(), torch.random.get_rng_state())
+    torch.set_num_threads(before[0])
+    torch.set_default_dtype(before[1])
+    torch.random.set_rng_state(before[2])
+    assert after[:2] == before[:2], f"the test changed torch's threads/default dtype: {before[:2]} -> {after[:2]}"
 
 
 @pytest.fixture(scope="session")

@@ -10,15 +10,19 @@ import pytest
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray
+    from ray._private import ray_constants
 
     from launch.cluster import use_loopback
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    use_loopback()  # as a local launch.train run does
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}})
-    yield ray
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as mp:  # environment and Ray's switch restored after the session
+        mp.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))
+        mp.setenv(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0"))
+        mp.setattr(ray_constants, "ENABLE_RAY_CLUSTER", ray_constants.ENABLE_RAY_CLUSTER)
+        use_loopback()  # as a local launch.train run does
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}})
+        yield ray
+        ray.shutdown()
 
 
 def debug_config(tmp_path, *overrides: str):

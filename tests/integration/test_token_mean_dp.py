@@ -18,12 +18,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rl.losses import policy_loss
+from rl.losses import policy_loss, token_loss_terms
 
 WORLD = 2
 SHARDS = [[0, 1, 2], [3, 4, 5, 6, 7]]  # rank 0: 3 rows, rank 1: 5 rows (different token counts)
-MICRO = {0: [[0], [1, 2]], 1: [[3, 4], [5, 6, 7]]}  # micro-batches per rank (rows of the full batch)
-MODES = ("token-mean", "seq-mean-token-mean")
+# micro-batches per rank (rows of the full batch), under two token budgets
+MICRO = {"small": {0: [[0], [1, 2]], 1: [[3, 4], [5, 6, 7]]}, "large": {0: [[0, 1, 2]], 1: [[3], [4, 5, 6, 7]]}}
+MODES = {"token-mean": {}, "seq-mean-token-mean": {}, "seq-mean-token-sum-norm": {"loss_scale_factor": 6.0}}
 
 
 def make_batch():
@@ -49,7 +50,7 @@ def _loss(w, rows, mode, n_tok, n_seq):
     x, y, mask, adv, old, _ = make_batch()
     r = torch.tensor(rows)
     loss, _ = policy_loss(_logprobs(w, x[r], y[r]), old[r], adv[r], mask[r], loss_agg_mode=mode,
-                          clip_ratio_c=3.0, global_num_tokens=n_tok, global_num_seqs=n_seq)
+                          clip_ratio_c=3.0, global_num_tokens=n_tok, global_num_seqs=n_seq, **MODES[mode])
     return loss
 
 
@@ -60,7 +61,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     try:
         _, _, mask, _, _, w0 = make_batch()
         local = torch.tensor(SHARDS[rank])
-        for mode in MODES:
+        for (mode, budget) in [(m, b) for m in MODES for b in MICRO]:
             # 1. all-reduce the counts of the whole mini-batch before any backward
             counts = torch.stack([mask[local].sum(), (mask[local].sum(-1) > 0).sum().double()])
             dist.all_reduce(counts, op=dist.ReduceOp.SUM)
@@ -68,7 +69,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             # 2. micro-batch backward passes accumulate this rank's share
             w = torch.nn.Parameter(w0.clone())
             share = torch.zeros((), dtype=torch.float64)
-            for rows in MICRO[rank]:
+            for rows in MICRO[budget][rank]:
                 loss = _loss(w, rows, mode, n_tok, n_seq)
                 loss.backward()
                 share += loss.detach()
@@ -80,7 +81,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             _loss(naive, SHARDS[rank], mode, None, None).backward()
             dist.all_reduce(naive.grad, op=dist.ReduceOp.SUM)
             torch.save({"grad": w.grad, "loss": share, "naive_grad": naive.grad / WORLD},
-                       Path(out_dir) / f"{mode}_rank{rank}.pt")
+                       Path(out_dir) / f"{mode}_{budget}_rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -96,12 +97,17 @@ def test_exact_token_mean_is_dp_shard_invariant(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     _, _, mask, _, _, w0 = make_batch()
     everything = list(range(8))
-    for mode in MODES:
+    for mode, budget in [(m, b) for m in MODES for b in MICRO]:
         w = torch.nn.Parameter(w0.clone())
         full = _loss(w, everything, mode, None, None)  # single process, full batch, local counts
         full.backward()
+        if mode == "seq-mean-token-sum-norm":  # Dr. GRPO eq. 3 written out: (1/N_seq) Σ_i Σ_t L_it / S
+            x, y, _, adv, old, _ = make_batch()
+            terms, _ = token_loss_terms(_logprobs(w0, x, y), old, adv[:, None].expand_as(old), clip_ratio_c=3.0)
+            n_seq = int((mask.sum(-1) > 0).sum())
+            torch.testing.assert_close(full.detach(), (terms * mask).sum() / (n_seq * 6.0), atol=1e-12, rtol=1e-10)
         for rank in range(WORLD):
-            got = torch.load(tmp_path / f"{mode}_rank{rank}.pt")
+            got = torch.load(tmp_path / f"{mode}_{budget}_rank{rank}.pt")
             torch.testing.assert_close(got["grad"], w.grad, atol=1e-12, rtol=1e-10)
             torch.testing.assert_close(got["loss"], full.detach(), atol=1e-12, rtol=1e-10)
             # unequal shards: the mean of per-rank means is a different (wrong) objective

@@ -31,15 +31,19 @@ def _samples(seed: int = 0) -> list[Sample]:
     return out
 
 
-def _trainer(model_dir, *overrides):
-    cfg = load_config("configs/debug_cpu.yaml", ["trainer.num_workers=1", "trainer.zero_stage=0", *overrides])
-    actor = ray.remote(TrainerWorker).options(num_cpus=0).remote(
-        0, 1, model_path=model_dir, trainer_cfg=asdict(cfg.trainer), model_cfg=asdict(cfg.model),
+def _trainers(model_dir, *overrides, world: int = 1) -> list:
+    cfg = load_config("configs/debug_cpu.yaml", [f"trainer.num_workers={world}", "trainer.zero_stage=0", *overrides])
+    actors = [ray.remote(TrainerWorker).options(num_cpus=0).remote(
+        rank, world, model_path=model_dir, trainer_cfg=asdict(cfg.trainer), model_cfg=asdict(cfg.model),
         loss_params=cfg.algorithm.loss_params(), temperature=0.8, need_ref=cfg.algorithm.needs_reference,
-        threads=1, seed=0)
-    addr, port = ray.get(actor.rendezvous_address.remote())
-    ray.get(actor.setup.remote(addr, port))
-    return actor
+        threads=1, seed=0) for rank in range(world)]
+    addr, port = ray.get(actors[0].rendezvous_address.remote())
+    ray.get([a.setup.remote(addr, port) for a in actors])
+    return actors
+
+
+def _trainer(model_dir, *overrides):
+    return _trainers(model_dir, *overrides)[0]
 
 
 @pytest.mark.parametrize("extra", [[], ["trainer.mini_batches=2"], ["algorithm.loss.kl_coef=0.1", "algorithm.loss.clip_ratio_c=3.0"]],
@@ -60,3 +64,23 @@ def test_fused_and_naive_paths_agree(ray_cluster, tiny_model_dir, extra):
         assert torch.allclose(torch.tensor(x), torch.tensor(y), atol=1e-4)
     assert not torch.allclose(torch.tensor(sum(pa, [])), torch.tensor(sum(initial, [])), atol=1e-4)  # it learned
     ray.kill(fused), ray.kill(naive)
+
+
+def test_two_ranks_with_unequal_micro_batch_counts(ray_cluster, tiny_model_dir):
+    """Rank 0's shard of each mini-batch packs into fewer micro-batches than rank 1's (short responses and a
+    zero advantage on rank 0), so rank 0 runs padding passes in the proximal-logprob pass and in the updates.
+    Nothing may be read back from a padding pass: every trained sample keeps its own old logprobs."""
+    samples = _samples()
+    for i, s in enumerate(samples):  # mini-batch m holds rows 4m..4m+3; rank r takes rows r and r+2 of it
+        n = 2 if i % 2 == 0 else 9  # rank 0: two short rows (one micro-batch); rank 1: two long (two)
+        s.response_ids, s.rollout_logprobs = s.response_ids[:1] * n, [-1.0] * n
+        s.advantage = 1.0 if i % 3 else -1.0
+    samples[2].advantage = 0.0  # skipped on rank 0, counted in the token totals
+    ranks = _trainers(tiny_model_dir, "trainer.micro_batch_tokens=16", "algorithm.loss.kl_coef=0.0", world=2)
+    results = ray.get([r.train_step.remote(samples, 2, 1) for r in ranks])
+    assert [res["updates"] for res in results] == [2, 2]
+    assert [res["skipped"] for res in results] == [1, 0]  # each rank counts its own shard only
+    counts = [res["parity"]["parity/count"] for res in results]
+    assert counts == [sum(len(samples[i].response_ids) for i in (0, 4, 6)), 4 * 9]  # every trained token, once
+    for r in ranks:
+        ray.kill(r)

@@ -12,7 +12,6 @@ from tests import engine_contract as contract
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    torch.set_num_threads(1)
     return HFEngine(tiny_model_dir, batch_size=4)
 
 

@@ -166,8 +166,9 @@ M_AGG = [[1, 1, 1], [1, 0, 0], [0, 0, 0]]  # row 3 is a length-0 sequence
     ("token-mean", {}, 2.5),  # (1+2+3+4)/4
     ("seq-mean-token-sum", {}, 5.0),  # (6 + 4)/2, the empty row is not counted
     ("seq-mean-token-mean", {}, 3.0),  # (6/3 + 4/1)/2 (verl: 2.99999998 from its +1e-8)
-    ("seq-mean-token-sum-norm", {}, 3.333333),  # 10 / T, T = 3
-    ("seq-mean-token-sum-norm", {"loss_scale_factor": 4}, 2.5),  # 10 / 4
+    ("seq-mean-token-sum-norm", {}, 1.666667),  # 10 / (N_seq · T), N_seq = 2 non-empty rows, T = 3
+    ("seq-mean-token-sum-norm", {"loss_scale_factor": 4}, 1.25),  # 10 / (2 · 4)
+    ("seq-mean-token-sum-norm", {"loss_scale_factor": 4, "global_num_seqs": 5}, 0.5),  # this rank's share
     ("token-mean", {"global_num_tokens": 8}, 1.25),  # this rank's share: 10 / 8
     ("seq-mean-token-mean", {"global_num_seqs": 4}, 1.5),  # 6 / 4
 ])

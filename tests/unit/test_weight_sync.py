@@ -26,10 +26,11 @@ from rl.weight_sync import (ALIGN, Deadline, TensorMeta, WeightPublisher, Weight
 
 
 def tiny(seed: int, tie: bool = True) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tie)
-    return LlamaForCausalLM(cfg)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the test process's RNG
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(cfg)
 
 
 def load_into(model: torch.nn.Module, named) -> None:
