@@ -147,6 +147,11 @@ class RolloutConfig:
             raise ConfigError(f"rollout.top_p={self.top_p}: must be in (0, 1]")
         if self.temperature <= 0:
             raise ConfigError(f"rollout.temperature={self.temperature}: must be > 0 (eval uses greedy decoding)")
+        if self.engine == "vllm" and not 0.01 <= self.temperature <= 2.0:
+            # vLLM refuses temperatures above 2 and silently samples greedily below 0.01, while the trainer
+            # would still divide by the configured value: the logprobs would no longer match
+            raise ConfigError(f"rollout.temperature={self.temperature}: with rollout.engine=vllm it must lie in "
+                              "[0.01, 2] (vLLM's range); use rollout.engine=hf for other temperatures")
 
 
 @dataclass

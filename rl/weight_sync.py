@@ -302,9 +302,13 @@ def nccl_group(host: str, port: int, rank: int, world_size: int, device: torch.d
     from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
     from vllm.distributed.utils import StatelessProcessGroup
 
-    group = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world_size,
-                                         store_timeout=int(timeout_s))
-    comm = PyNcclCommunicator(group, device=device)
+    def join():  # the TCP store and ncclCommInitRank both wait for every member: neither may wait forever
+        group = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world_size,
+                                             store_timeout=int(timeout_s))
+        return PyNcclCommunicator(group, device=device)
+
+    comm = with_deadline(join, timeout_s, f"joining the trainer↔vLLM NCCL group as rank {rank} of {world_size} "
+                                          f"(rendezvous {host}:{port})")
     if comm.disabled:  # it silently disables itself when libnccl cannot be loaded
         raise RuntimeError("weight sync: vLLM's PyNcclCommunicator could not load NCCL in this process; fix the "
                            "NCCL install or use rollout.weight_transport=object_store")

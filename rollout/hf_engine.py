@@ -3,8 +3,13 @@
 Batched sampling with a KV cache through `model.generate` (left padding, position ids from the
 attention mask), returning the generated token ids untouched, the sampled tokens' logprobs at the
 sampling temperature, and a finish reason. Top-p truncation shapes which token is drawn but, as in
-vLLM's processed logprobs and in the trainer, the recorded logprob is that of the full
-temperature-scaled distribution, so behaviour and trainer logprobs are directly comparable.
+the trainer, the recorded logprob is that of the full temperature-scaled distribution, so behaviour
+and trainer logprobs are directly comparable.
+
+The checkpoint's own `generation_config` (a repetition penalty, top-k, min-p, no-repeat n-grams, ...,
+as Qwen2.5-Instruct ships) is replaced at load by one that keeps only the special token ids: every
+sampling knob in force is one our config names, so the recorded logprobs are those of the
+distribution the tokens were drawn from.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from rollout.engine import GenerationOutput, SamplingParams
 
@@ -33,6 +38,7 @@ class HFEngine:
         ).to(self.device).eval()
         self.batch_size = batch_size
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self.model.generation_config = neutral_generation_config(self.model.generation_config)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
 
@@ -137,6 +143,13 @@ def left_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[
         ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
         mask[i, width - len(s):] = 1
     return ids.to(device), mask.to(device)
+
+
+def neutral_generation_config(source: GenerationConfig | None) -> GenerationConfig:
+    """A generation config with the checkpoint's special token ids and nothing else: no sampling
+    default of the checkpoint (repetition_penalty, top_k, min_p, temperature, ...) can act unasked."""
+    ids = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+    return GenerationConfig(**{k: getattr(source, k) for k in ids if getattr(source, k, None) is not None})
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -28,9 +28,13 @@ vLLM 0.26.0 API relied on (read from the 0.26.0 wheel's sources; paths inside th
   the recorded logprob is therefore that of the truncated, renormalised distribution sampled from.
   Prompt logprobs are never processed (the same docstring): `score` rescales them itself.
   `max_logprobs=-1` lifts the 20-logprob cap so `score` may ask for the full vocabulary.
-- sampling_params.py `SamplingParams(n, temperature (0 = greedy), top_p, max_tokens, stop, seed,
-  logprobs, prompt_logprobs (-1 = whole vocabulary), flat_logprobs, detokenize)`; with n > 1 and a
-  seed, child j samples with seed + j (v1/engine/parallel_sampling.py).
+- sampling_params.py `SamplingParams(n, temperature (0 = greedy), top_p, max_tokens, repetition_penalty,
+  presence_penalty, frequency_penalty, min_p, stop, seed, logprobs, prompt_logprobs (-1 = whole
+  vocabulary), flat_logprobs, detokenize)`; with n > 1 and a seed, child j samples with seed + j
+  (v1/engine/parallel_sampling.py). Temperatures below 0.01 are treated as greedy and above 2 are
+  refused: the config schema keeps rollout.temperature in [0.01, 2] for this engine.
+- EngineArgs `generation_config="vllm"`: vLLM's neutral sampling defaults instead of the checkpoint's
+  generation_config.json; `hf_overrides={"head_dtype": "float32"}`: the LM head and logprobs in fp32.
 - outputs.py `RequestOutput.outputs: list[CompletionOutput]`, `.prompt_logprobs`;
   `CompletionOutput(index, token_ids, logprobs, finish_reason ("stop"|"length"|"abort"|...,
   v1/engine/__init__.py FinishReason), stop_reason)`; token_ids keep the EOS / stop-string token
@@ -100,6 +104,12 @@ class VLLMEngine:
             enable_prefix_caching=enable_prefix_caching, load_format=load_format, enforce_eager=enforce_eager,
             distributed_executor_backend=backend, worker_extension_cls=EXTENSION,
             logprobs_mode="processed_logprobs", max_logprobs=-1,
+            # sampling defaults from the checkpoint's generation_config.json (repetition_penalty, top_k, min_p,
+            # ...) must never act unasked: the recorded logprobs are those of exactly our sampling settings
+            generation_config="vllm",
+            # the LM head and its logprobs in fp32 (vLLM's switch for RL consistency with the trainer, which
+            # computes logprobs from bf16 hidden states in fp32)
+            hf_overrides={"head_dtype": "float32"},
         )
 
     # -- generation ---------------------------------------------------------------------------
@@ -120,7 +130,9 @@ class VLLMEngine:
         return VSamplingParams(
             n=params.n, temperature=0.0 if params.greedy else params.temperature,
             top_p=1.0 if params.greedy else params.top_p, max_tokens=params.max_new_tokens,
+            repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0, min_p=0.0,
             stop=list(params.stop) or None, seed=seed, logprobs=0, flat_logprobs=True,
+            detokenize=bool(params.stop),  # text is decoded by the rollout worker; vLLM needs it only for stops
         )
 
     def score(self, prompts: list[list[int]], responses: list[list[int]], temperature: float) -> list[list[float]]:
@@ -184,6 +196,10 @@ class VLLMEngine:
     def finish_weight_update(self) -> None:
         """After the last bucket: give the KV cache back (colocated) and drop prefixes of the old policy."""
         self._wake(["weights", "kv_cache"])
+        self.llm.reset_prefix_cache()
+
+    def reset_prefix_cache(self) -> None:
+        """Drop cached prefixes (their KV was computed by earlier requests; results must not depend on them)."""
         self.llm.reset_prefix_cache()
 
     def _after_load(self) -> None:

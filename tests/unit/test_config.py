@@ -103,3 +103,9 @@ def test_configuration_reference_is_current():
     doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
     assert doc.read_text().strip() == reference_markdown().strip(), \
         "docs/configuration.md is stale: run `python -m launch.config > docs/configuration.md`"
+
+
+@pytest.mark.parametrize("temperature", [0.005, 2.5])
+def test_vllm_temperature_outside_its_range_is_a_config_error(temperature):
+    with pytest.raises(ConfigError, match=r"rollout.temperature=.*\[0.01, 2\]"):
+        load_config(None, ["rollout.engine=vllm", "rollout.gpus_per_worker=1", f"rollout.temperature={temperature}"])

@@ -46,3 +46,49 @@ def test_stop_string_ends_the_response(engine):
             assert decoded.endswith(stop) or stop in decoded[-8:]
             assert stop not in tok.decode(o.response_ids[:-1])
     assert any(o.finish_reason == "stop" for o in outs)
+
+
+@pytest.fixture(scope="module")
+def hostile_engine(tiny_model_dir, tmp_path_factory):
+    """The tiny model with a generation_config.json that turns on every sampling default a checkpoint can
+    ship (Qwen2.5-Instruct ships a repetition penalty): none of it may act, since the behaviour logprobs
+    must be those of the distribution the engine really samples from."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    path = tmp_path_factory.mktemp("hostile") / "model"
+    shutil.copytree(tiny_model_dir, path)
+    tok_ids = GenerationConfig.from_pretrained(tiny_model_dir).to_diff_dict()
+    GenerationConfig(**{k: v for k, v in tok_ids.items() if k.endswith("token_id")}, do_sample=True,
+                     temperature=0.2, top_k=3, top_p=0.5, min_p=0.3, repetition_penalty=3.0,
+                     no_repeat_ngram_size=1).save_pretrained(path)
+    return HFEngine(str(path), batch_size=4)
+
+
+def _raw_logprobs(engine, prompt: list[int], response: list[int]) -> torch.Tensor:
+    """(len(response), V) log-softmax of the raw logits at each response position (teacher forcing)."""
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logits = engine.model(input_ids=ids).logits[0, len(prompt) - 1:len(prompt) + len(response) - 1]
+    return torch.log_softmax(logits.float(), -1)
+
+
+def test_checkpoint_generation_defaults_do_not_act_on_greedy(hostile_engine):
+    prompts = contract.prompts_of(hostile_engine.tokenizer)
+    for o in hostile_engine.generate(prompts, SamplingParams(n=1, max_new_tokens=8, greedy=True)):
+        raw = _raw_logprobs(hostile_engine, prompts[o.prompt_index], o.response_ids)
+        assert raw.argmax(-1).tolist() == o.response_ids  # no repetition penalty, no n-gram ban
+
+
+def test_checkpoint_generation_defaults_do_not_act_on_sampling(hostile_engine):
+    contract.check_logprobs_match_scoring(hostile_engine, hostile_engine.tokenizer, temperature=1.0)
+    prompts = contract.prompts_of(hostile_engine.tokenizer)
+    outs = hostile_engine.generate(prompts, SamplingParams(n=4, max_new_tokens=8, temperature=1.0, seed=0))
+    ranks = []
+    for o in outs:
+        raw = _raw_logprobs(hostile_engine, prompts[o.prompt_index], o.response_ids)
+        ranks += (raw > raw.gather(-1, torch.tensor(o.response_ids)[:, None])).sum(-1).tolist()
+    # the random model's next-token distribution is nearly flat over ~70 tokens: with top_k=3 / top_p=0.5 /
+    # min_p=0.3 in force every sampled token would rank 0-2; untruncated, most rank far lower
+    assert max(ranks) >= 10 and sum(r >= 3 for r in ranks) > len(ranks) // 2
