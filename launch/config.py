@@ -166,6 +166,11 @@ class RewardConfig:
     """Sandboxed processes per reward worker."""
     timeout_s: float = 10.0
     """Per-call deadline, enforced from outside the sandboxed process."""
+    accuracy_fn: str | None = None
+    """The reward function (by name: a built-in's name, or `fn` of a `file.py:fn` spec) whose `acc` defines a
+    sample's correctness, for eval/accuracy and dynamic sampling on `acc`; null: the one function that reports
+    `acc` (the built-ins math, dapo_math, arith and code do; format does not). Accuracy never comes from the
+    weighted reward; with no function reporting `acc`, eval logs eval/reward_mean only."""
 
     def __post_init__(self) -> None:
         if not self.fns:

@@ -27,7 +27,7 @@ from launch import checkpoint
 from launch.cluster import Workers, check_reachable, connect, create_workers
 from launch.config import Config, save_config
 from launch.metrics import MetricsLogger, aggregate_trainer_records, parity_metrics
-from launch.prepare import Prepared, prepare
+from launch.prepare import Prepared, prepare, startup_warnings
 from rl.advantages import compute_advantages, strata_from_samples
 from rl.replay import per_weights, ratio_count, replay_metrics, rng_state, set_rng_state, topup_count
 from rl.sampling import overlong_penalty
@@ -42,6 +42,8 @@ def run(cfg: Config) -> Path:
     """Train per `cfg`; returns the output directory (holding final/)."""
     check_reachable(cfg)
     prep = prepare(cfg)  # validates data, rewards and the model path before any model is loaded
+    for warning in startup_warnings(cfg):
+        log.warning("%s", warning)
     out = Path(cfg.trainer.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -211,7 +213,9 @@ class Driver:
         if res.status != "ok" and not self.cfg.algorithm.mask_reward_errors:
             s.reward, s.reward_status = 0.0, "ok"  # opt-in: train on failures as reward 0
         if s.reward is not None:
-            s.reward_metrics["acc"] = accuracy(s)
+            acc = accuracy(s, self.prep.reward_names, self.cfg.reward.accuracy_fn)
+            if acc is not None:
+                s.reward_metrics["acc"] = acc
 
     def _shape_rewards(self, samples: list[Sample]) -> None:
         """DAPO soft overlong punishment (added to the reward; accuracy metrics untouched)."""
@@ -332,9 +336,10 @@ class Driver:
                                 stop=list(self.cfg.rollout.stop))
         samples = self._generate_and_score(requests, params)
         ok = [s for s in samples if s.reward_status == "ok" and s.reward is not None]
-        correct = [s.reward_metrics["acc"] for s in ok]
-        return {"eval/accuracy": sum(correct) / len(samples), "eval/reward_mean": sum(s.reward for s in ok) / max(len(ok), 1),
-                "eval/num_prompts": len(samples)}
+        out = {"eval/reward_mean": sum(s.reward for s in ok) / max(len(ok), 1), "eval/num_prompts": len(samples)}
+        if any("acc" in s.reward_metrics for s in ok):  # a failed reward counts as not correct
+            out["eval/accuracy"] = sum(s.reward_metrics.get("acc", 0.0) for s in ok) / len(samples)
+        return out
 
     def driver_state(self) -> dict:
         return {"step": self.step, "version": self.version, "next_group_id": self.next_group_id,
@@ -382,13 +387,19 @@ class Driver:
             self.logger.close()
 
 
-def accuracy(sample: Sample) -> float:
-    """A sample's correctness: the mean of the `acc` its reward functions report, else reward > 0.
-
-    Dynamic sampling filters on it and eval reports it; it is taken before overlong shaping, so a
-    length penalty alone never makes a group look informative (DAPO §3.2).
-    """
-    reported = [v for k, v in sample.reward_metrics.items() if k == "acc" or k.endswith("/acc")]
-    if reported:
-        return float(sum(reported) / len(reported))
-    return float(sample.reward > 0)
+def accuracy(sample: Sample, reward_names: tuple[str, ...], accuracy_fn: str | None) -> float | None:
+    """A sample's correctness: the `acc` of reward function `accuracy_fn`, or of the one function that
+    reports it; None when none does. Never the weighted reward: with fns=[math, format] a well-formatted
+    wrong answer is wrong. Taken before overlong shaping, so a length penalty alone never makes a group
+    look informative to dynamic sampling (DAPO arXiv 2503.14476 §3.2)."""
+    if accuracy_fn is not None:
+        if f"{accuracy_fn}/acc" not in sample.reward_metrics:
+            raise RuntimeError(f"reward.accuracy_fn={accuracy_fn}: that function returned no `acc` for a sample "
+                               f"(it returned {sorted(k for k in sample.reward_metrics if k.startswith(accuracy_fn))}); "
+                               "return {'reward': ..., 'acc': ...} from it, or name another function")
+        return float(sample.reward_metrics[f"{accuracy_fn}/acc"])
+    reporting = [n for n in reward_names if f"{n}/acc" in sample.reward_metrics]
+    if len(reporting) > 1:
+        raise RuntimeError(f"reward functions {reporting} all report `acc`: set reward.accuracy_fn to the one that "
+                           "defines a correct answer")
+    return float(sample.reward_metrics[f"{reporting[0]}/acc"]) if reporting else None

@@ -152,8 +152,11 @@ class DynamicSamplingConfig:
     max_rounds: int | None = 10
     """Generation rounds per step before giving up with an error (DAPO script: 10); null = unlimited. With
     algorithm.replay.enable the step ends short instead and the replay buffer fills the missing rows."""
-    carry_surplus: bool = True
-    """Keep informative groups beyond train_prompts for the next step (false: discard them, as verl does)."""
+    carry_surplus: bool = False
+    """Keep informative groups beyond train_prompts for the next step instead of discarding them (the paper's
+    and verl's behaviour; counted in rollout/ds_surplus and rollout/ds_discarded_total). Carried groups were
+    sampled by the previous policy version, so carrying needs algorithm.loss.tis_level: the TIS weight
+    min(π_old/π_behaviour, tis_cap) then corrects them against their own behaviour logprobs."""
 
     def __post_init__(self) -> None:
         if not self.metric:
@@ -295,6 +298,10 @@ class AlgorithmConfig:
         if self.kl_in_reward.enable and self.loss.kl_coef > 0:
             _fail("kl_in_reward.enable", True, "KL is already in the loss (algorithm.loss.kl_coef > 0); use one: "
                   "set loss.kl_coef=0 or kl_in_reward.enable=false")
+        if self.dynamic_sampling.enable and self.dynamic_sampling.carry_surplus and self.loss.tis_level is None:
+            _fail("dynamic_sampling.carry_surplus", True, "carried groups are one policy version old and need an "
+                  "off-policy correction: set algorithm.loss.tis_level=token (TIS against their behaviour logprobs), "
+                  "or carry_surplus=false to discard the surplus as DAPO does")
         rp = self.replay
         if rp.enable and self.loss.tis_level is not None and rp.staleness_cap not in (None, self.loss.tis_cap):
             _fail("replay.staleness_cap", rp.staleness_cap, f"TIS is on (loss.tis_level={self.loss.tis_level}) and "

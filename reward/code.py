@@ -81,14 +81,15 @@ def parse_tests(tests: Any) -> list[dict[str, str]]:
 
 
 def code_reward(prompt: str, completion: str, *, tests: Any, **sample: Any) -> dict[str, float]:
-    """Fraction of the row's tests that the completion's program passes.
+    """Fraction of the row's tests that the completion's program passes; `acc` is 1.0 only when every
+    test passes (a task is solved or it is not: partial credit shapes the reward, never the accuracy).
 
     >>> code_reward("Write add.", "```python\\ndef add(a, b):\\n    return a + b\\n```",
     ...             tests=["assert add(1, 2) == 3", "assert add(2, 2) == 5"])
-    {'reward': 0.5, 'passed': 1.0, 'num_tests': 2.0}
+    {'reward': 0.5, 'acc': 0.0, 'passed': 1.0, 'num_tests': 2.0}
     >>> code_reward("Echo the sum.", "print(sum(map(int, input().split())))",
     ...             tests=[{"input": "1 2\\n", "output": "3\\n"}])
-    {'reward': 1.0, 'passed': 1.0, 'num_tests': 1.0}
+    {'reward': 1.0, 'acc': 1.0, 'passed': 1.0, 'num_tests': 1.0}
     >>> code_reward("Cheat.", "import sys; sys.exit(0)", tests=["assert False"])["reward"]
     0.0
     """
@@ -101,7 +102,8 @@ def code_reward(prompt: str, completion: str, *, tests: Any, **sample: Any) -> d
         if budget <= 0.05:
             break  # out of time: the remaining tests count as failed, not as a timeout
         passed += _run_case(program, case, budget)
-    return {"reward": passed / len(cases), "passed": float(passed), "num_tests": float(len(cases))}
+    return {"reward": passed / len(cases), "acc": float(passed == len(cases)), "passed": float(passed),
+            "num_tests": float(len(cases))}
 
 
 def _run_case(program: str, case: dict[str, str], timeout_s: float) -> bool:

@@ -30,14 +30,20 @@ from typing import Any, Callable
 
 BUILTINS: dict[str, str] = {
     "math": "reward.verifiers:math_reward",
+    "dapo_math": "reward.verifiers:dapo_math_reward",
     "arith": "reward.verifiers:arith_reward",
     "format": "reward.verifiers:format_reward",
     "code": "reward.code:code_reward",
 }
 """Built-in name -> "module:function" (imported only when used)."""
 
-RESERVED_NAMES = frozenset({"mean", "std", "error_rate", "timeout_rate", "num_samples"})
-"""Summary metric names under reward/ that a function name would collide with."""
+REPORTS_ACC = frozenset({"math", "dapo_math", "arith", "code"})
+"""Built-ins that report `acc` (a sample's correctness)."""
+RESERVED_NAMES = frozenset({"mean", "std", "error_rate", "timeout_rate", "num_samples",
+                            "acc", "kl", "overlong_penalty"})
+"""Metric names under reward/ that a function name would collide with: the batch summaries, and the
+per-sample values the driver adds (`acc` the sample's correctness, `kl` the KL-in-reward penalty,
+`overlong_penalty` DAPO's length shaping)."""
 _ROW_TEXT_KEYS = ("prompt", "completion")
 _SPEC_KEYS = ("fn", "weight", "name")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")

@@ -3,11 +3,16 @@ r"""Built-in verifiers `math`, `arith` and `format` (the `code` verifier lives i
 Each is a plain reward function with the plug-in signature; the examples below run as doctests
 (tests/unit/test_reward_builtins.py). They are deterministic and need no network.
 
-- math:   the final answer of the completion (last \boxed{...}, else the text after the last
-          "####", else the last number) is compared with the row's `answer` through math-verify
-          (1/2 == 0.5 == \frac{1}{2}, sets, intervals, x=3 vs 3), under its own deadline.
-- arith:  exact integer match: the last integer in the completion equals int(answer).
-- format: the completion is <think>...</think> followed by <answer>...</answer> and nothing else.
+- math:      the final answer of the completion (last \boxed{...}, else the text after the last
+             "####", else the last number) is compared with the row's `answer` through math-verify
+             (1/2 == 0.5 == \frac{1}{2}, sets, intervals, x=3 vs 3), under its own deadline.
+- dapo_math: the same verdict scored as DAPO does (arXiv 2503.14476 §2.4): +1 correct, −1
+             otherwise, so that the overlong penalty's floor of −1 means "as bad as a wrong answer".
+- arith:     exact integer match: the last integer in the completion equals int(answer).
+- format:    the completion is <think>...</think> followed by <answer>...</answer> and nothing else.
+
+The correctness verifiers report `acc` (1.0 correct, 0.0 not): eval accuracy and dynamic sampling read
+it, never the (weighted, shaped) reward. `format` checks form, not correctness, and reports no `acc`.
 """
 
 from __future__ import annotations
@@ -121,41 +126,53 @@ def math_reward(prompt: str, completion: str, *, answer: Any, **sample: Any) -> 
     the sample then scores 0.0).
 
     >>> math_reward("What is 1/2 + 1/4?", r"We get $\boxed{0.75}$.", answer=r"\frac{3}{4}")
-    {'reward': 1.0, 'has_answer': 1.0, 'verify_timeout': 0.0}
+    {'reward': 1.0, 'acc': 1.0, 'has_answer': 1.0, 'verify_timeout': 0.0}
     >>> math_reward("Q", "Half of 10 is 5.\n#### 5", answer="Work... #### 5")["reward"]
     1.0
     >>> math_reward("Q", "The answer is 12.", answer="13")["reward"]
     0.0
     >>> math_reward("Q", "I don't know.", answer="13")
-    {'reward': 0.0, 'has_answer': 0.0, 'verify_timeout': 0.0}
+    {'reward': 0.0, 'acc': 0.0, 'has_answer': 0.0, 'verify_timeout': 0.0}
     """
     pred = extract_answer(completion)
     if pred is None:
-        return {"reward": 0.0, "has_answer": 0.0, "verify_timeout": 0.0}
+        return {"reward": 0.0, "acc": 0.0, "has_answer": 0.0, "verify_timeout": 0.0}
     gold_text = str(answer)
     gold = extract_answer(gold_text, last_number=False) or gold_text.strip()
     equal, timed_out = math_equal(pred, gold)
-    return {"reward": float(equal), "has_answer": 1.0, "verify_timeout": float(timed_out)}
+    return {"reward": float(equal), "acc": float(equal), "has_answer": 1.0, "verify_timeout": float(timed_out)}
 
 
-def arith_reward(prompt: str, completion: str, *, answer: Any, **sample: Any) -> float:
-    """1.0 if the last integer in the completion equals int(answer), else 0.0 (exact; no tolerance).
+def dapo_math_reward(prompt: str, completion: str, *, answer: Any, **sample: Any) -> dict[str, float]:
+    r"""The `math` verdict as DAPO's reward: +1.0 if correct, −1.0 otherwise (no answer included).
+
+    >>> dapo_math_reward("Q", r"So oxed{7}.", answer="7")
+    {'reward': 1.0, 'acc': 1.0, 'has_answer': 1.0, 'verify_timeout': 0.0}
+    >>> dapo_math_reward("Q", "No idea.", answer="7")["reward"]
+    -1.0
+    """
+    out = math_reward(prompt, completion, answer=answer)
+    return {**out, "reward": 2.0 * out["acc"] - 1.0}
+
+
+def arith_reward(prompt: str, completion: str, *, answer: Any, **sample: Any) -> dict[str, float]:
+    """1.0 if the last integer in the completion equals int(answer), else 0.0 (exact; no tolerance);
+    `acc` is the same verdict.
 
     A last number with a fractional part ("7.5") is not an integer and scores 0.0.
 
     >>> arith_reward("What is 3 + 4 + 5?", "3 + 4 = 7, 7 + 5 = 12. The answer is 12.", answer="12")
+    {'reward': 1.0, 'acc': 1.0}
+    >>> arith_reward("What is 2 - 9?", "2 - 9 = -7", answer=-7)["reward"]
     1.0
-    >>> arith_reward("What is 2 - 9?", "2 - 9 = -7", answer=-7)
-    1.0
-    >>> arith_reward("What is 3 + 4?", "The answer is 7.5", answer="7")
+    >>> arith_reward("What is 3 + 4?", "The answer is 7.5", answer="7")["reward"]
     0.0
-    >>> arith_reward("What is 3 + 4?", "seven", answer="7")
+    >>> arith_reward("What is 3 + 4?", "seven", answer="7")["reward"]
     0.0
     """
     numbers = _INT_RE.findall(completion)
-    if not numbers or "." in numbers[-1]:
-        return 0.0
-    return float(int(numbers[-1]) == int(str(answer).strip()))
+    correct = bool(numbers) and "." not in numbers[-1] and int(numbers[-1]) == int(str(answer).strip())
+    return {"reward": float(correct), "acc": float(correct)}
 
 
 def format_reward(prompt: str, completion: str, **sample: Any) -> float:

@@ -81,14 +81,15 @@ class DynamicSampler:
       step still left it short (verl `max_num_gen_batches`; None = unlimited). With `allow_short=True`
       it is True then instead: the step ends short and something else fills it (the replay buffer, §4.3).
     - `take(train_prompts)`: exactly `train_prompts` groups, oldest first (fewer, possibly none, only
-      with `allow_short=True` after `max_rounds`; rollout/ds_short_groups counts them). The surplus is carried into
-      the next step when `carry_surplus` (it is then one policy version staler: the trainer's
-      old-logprob recomputation/TIS handle that), else discarded and counted (verl behaviour).
+      with `allow_short=True` after `max_rounds`; rollout/ds_short_groups counts them). The surplus is discarded
+      and counted (the paper's and verl's behaviour), or with `carry_surplus` carried into the next step: it is
+      then one policy version old, and only an importance weight against its behaviour logprobs (TIS) makes
+      its gradient unbiased, so the config requires TIS for that.
     - `metrics`: the last completed step's rollout/ds_* numbers.
     - `state_dict()` / `load_state_dict()`: the carried groups and counters (checkpoint/resume).
     """
 
-    def __init__(self, metric: Callable[[Any], float], *, max_rounds: int | None = 10, carry_surplus: bool = True):
+    def __init__(self, metric: Callable[[Any], float], *, max_rounds: int | None = 10, carry_surplus: bool = False):
         if max_rounds is not None and max_rounds < 1:
             raise ValueError(f"max_rounds={max_rounds} must be >= 1, or None for no limit")
         self.metric = metric

@@ -153,14 +153,14 @@ def _sample(pid: int, acc_value: float, reward: float | None = None) -> Sample:
 
 def test_state_dict_round_trip_resumes_identically():
     ds = DynamicSampler(acc, max_rounds=4)
-    cfg_sampler = DynamicSamplingConfig(enable=True).build()  # real Samples, metric "acc"
+    cfg_sampler = DynamicSamplingConfig(enable=True, carry_surplus=True).build()  # real Samples, metric "acc"
     cfg_sampler.add([[_sample(0, 1.0), _sample(0, 0.0)], [_sample(1, 1.0), _sample(1, 1.0)],
                      [_sample(2, 0.0), _sample(2, 1.0)]])
     cfg_sampler.take(1)  # one informative group carried
     ds.add(groups_from([[0, 1], [1, 1]]))  # mid-step: 1 round, 1 group held
     for sampler in (ds, cfg_sampler):
         state = pickle.loads(pickle.dumps(sampler.state_dict()))  # what the checkpoint stores
-        fresh = DynamicSampler(sampler.metric, max_rounds=sampler.max_rounds)
+        fresh = DynamicSampler(sampler.metric, max_rounds=sampler.max_rounds, carry_surplus=sampler.carry_surplus)
         fresh.load_state_dict(state)
         assert fresh.state_dict() == sampler.state_dict()
         more = groups_from([[0, 1], [1, 0]], "n") if sampler is ds else [[_sample(5, 0.0), _sample(5, 1.0)]]
@@ -193,3 +193,14 @@ def test_overlong_config_buffer_resolution():
     with pytest.raises(ValueError, match="algorithm.overlong.buffer=0"):
         OverlongConfig(buffer=0)
     assert not AlgorithmConfig().needs_reference
+
+
+def test_carrying_the_surplus_needs_tis():
+    from launch.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="carry_surplus=True: carried groups are one policy version old"):
+        load_config(None, ["algorithm.dynamic_sampling.enable=true", "algorithm.dynamic_sampling.carry_surplus=true"])
+    cfg = load_config(None, ["algorithm.dynamic_sampling.enable=true", "algorithm.dynamic_sampling.carry_surplus=true",
+                             "algorithm.loss.tis_level=token"])
+    assert cfg.algorithm.dynamic_sampling.build().carry_surplus
+    assert not load_config(None, ["algorithm.dynamic_sampling.enable=true"]).algorithm.dynamic_sampling.build().carry_surplus
