@@ -109,6 +109,9 @@ def _normalise(row: Any, index: int, source: str, prompt_key: str, answer_key: s
                 f"{source}: row {index} has no `{key}` column (columns: {sorted(row)}); "
                 f"set {cfg_key}=<column> or fix the row"
             )
+    if not str(row[prompt_key]).strip():
+        raise DataError(f"{source}: row {index} has an empty `{prompt_key}`; every prompt needs text (drop the row "
+                        "or fill it)")
     out = dict(row)
     out["prompt"], out["answer"] = str(row[prompt_key]), str(row[answer_key])
     return out

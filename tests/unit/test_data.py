@@ -95,3 +95,12 @@ def test_arith_config_validation():
 
     with pytest.raises(ConfigError):
         ArithConfig(num_terms=1)
+
+
+def test_empty_prompt_is_an_error_naming_file_and_row(tmp_path):
+    from rollout.data import DataError, load_rows
+
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "What is 1 + 1?", "answer": "2"}\n{"prompt": "  ", "answer": "3"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl: row 1 has an empty `prompt`"):
+        load_rows(str(path), prompt_key="prompt", answer_key="answer")
