@@ -94,7 +94,7 @@ class PolicyModule(nn.Module):
         if old is None:  # single update per batch: the proximal policy is the current one
             with torch.no_grad():
                 old, _ = token_logprobs_entropy(h, w, mb.targets, temperature=temperature, with_entropy=False)
-            parity = parity_sums(old, mb.rollout_logprobs)
+            parity = parity_sums(old, mb.rollout_logprobs, mb.replayed)
         if params.get("tis_cap") is None:
             params.pop("tis_level", None)
         is_w, replay_metrics = sample_weights(mb, old, replay_cap)
@@ -122,7 +122,7 @@ class PolicyModule(nn.Module):
             extra["is_weights"] = unpack(is_w, mb.seq_index, rows)[0]
         loss, metrics = policy_loss(lp, old, adv, mask, global_num_tokens=global_num_tokens,
                                     global_num_seqs=global_num_seqs, **extra, **params)
-        parity = parity_sums(logprobs.detach(), mb.rollout_logprobs) if mb.old_logprobs is None else {}
+        parity = parity_sums(logprobs.detach(), mb.rollout_logprobs, mb.replayed) if mb.old_logprobs is None else {}
         return loss, {**metrics, **replay_metrics, **parity}
 
 
@@ -141,15 +141,20 @@ def sample_weights(mb: MicroBatch, old: torch.Tensor, replay_cap: float | None) 
 PARITY_KEYS = ("parity/count", "parity/abs_sum", "parity/k3_sum", "parity/abs_max")
 
 
-def parity_sums(trainer_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor) -> dict[str, float]:
+def parity_sums(trainer_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor,
+                replayed: torch.Tensor | None = None) -> dict[str, float]:
     """Engine/trainer mismatch on the sampled tokens, as sums to combine over micro-batches and ranks:
     token count, Σ|ℓ^π − ℓ^μ|, Σ k3 and max |ℓ^π − ℓ^μ|, with ℓ^π the trainer's logprob of a rollout
     token before the update and ℓ^μ the engine's. k3 = r − 1 − log r with r = π/μ is Schulman's unbiased,
-    non-negative estimator of KL(μ‖π) on tokens drawn from μ. `launch.metrics.parity_metrics` turns the
-    sums into rollout/logprob_diff_mean, rollout/logprob_diff_max and rollout/behaviour_kl_k3."""
+    non-negative estimator of KL(μ‖π) on tokens drawn from μ. Replayed tokens (`replayed` True) are left
+    out: their gap is their age, not an engine mismatch. `launch.metrics.parity_metrics` turns the sums
+    into rollout/logprob_diff_mean, rollout/logprob_diff_max and rollout/behaviour_kl_k3."""
     with torch.no_grad():
         t = trainer_logprobs.detach().double()
         r = rollout_logprobs.detach().to(t.device).double()
+        if replayed is not None:
+            keep = ~replayed.to(t.device)
+            t, r = t[keep], r[keep]
         diff = (t - r).abs()
         k3 = kl_penalty(r, t, "k3")  # exp(ℓ^π − ℓ^μ) − (ℓ^π − ℓ^μ) − 1
         vals = torch.stack([diff.new_tensor(float(diff.numel())), diff.sum(), k3.sum(),

@@ -182,7 +182,7 @@ class TrainerWorker:
                 lp = self.engine(mb, mode="logprobs", temperature=self.temperature).float()
                 rp = self._ref_logprobs(mb) if with_ref else None
                 if parity is not None and mb.num_tokens:
-                    _add_parity(parity, parity_sums(lp, mb.rollout_logprobs))
+                    _add_parity(parity, parity_sums(lp, mb.rollout_logprobs, mb.replayed))
                 lp, pos = lp.cpu(), 0
                 for i in mb.sample_ids:
                     n = len(samples[i].response_ids) if loss_mask[i] and samples[i].response_ids else 0
