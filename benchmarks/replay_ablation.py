@@ -69,7 +69,7 @@ def summarize(name: str, metrics_path: Path, wall_s: float) -> dict:
         "replayed_samples": replayed,
         "tokens_per_informative_sample": generated / informative if informative else None,
         "eval_accuracy": {r["step"]: r["eval/accuracy"] for r in records if "eval/accuracy" in r},
-        "final_eval_accuracy": [r["eval/accuracy"] for r in records if "eval/accuracy" in r][-1],
+        "final_eval_accuracy": next((r["eval/accuracy"] for r in reversed(records) if "eval/accuracy" in r), None),
         "reward_mean": sum(r["reward/mean"] for r in steps) / len(steps),
         "wall_s": round(wall_s, 1),
     }

@@ -1,4 +1,4 @@
-"""The driver: one synchronous RL step after another (DESIGN.md "One step").
+"""The driver: one synchronous RL step after another (docs/architecture.md, "One step").
 
     1. draw train_prompts prompts; each becomes a group of G samples (fresh group id per round)
     2. generate on the rollout workers (prompts sharded across them)
@@ -139,7 +139,7 @@ class Driver:
             samples = [s for g in groups for s in g]
             return samples, timing, self._rollout_metrics(samples)
         failed_rounds = 0
-        short_ok = self.replay is not None  # after max_rounds the replay buffer fills the shortfall (§4.3)
+        short_ok = self.replay is not None  # after max_rounds the replay buffer fills the shortfall (SSR)
         while not self.sampler.ready(B, allow_short=short_ok):
             groups = self._generate_round(B, G, timing)
             # filter on accuracy of the samples that were scored; a group needs two to vary
@@ -267,9 +267,9 @@ class Driver:
         return {"actor/zero_adv_group_frac": zero, "actor/advantage_abs_mean": float(adv.abs().mean())}
 
     def mix_replay(self, samples: list[Sample]) -> tuple[list[Sample], dict[str, float]]:
-        """SSR (arXiv 2504.08837 Alg. 1; ALGORITHMS.md §4.3): the fresh informative samples D_eff enter the buffer
-        and the batch is topped up with prioritised draws from it. Trains on D_eff ∪ draws: zero-advantage rows
-        would only dilute the token mean. Returns (the trained batch, replay/* metrics)."""
+        """SSR (arXiv 2504.08837 Alg. 1; docs/algorithms.md, "Replay buffer"): the fresh informative samples D_eff
+        enter the buffer and the batch is topped up with prioritised draws from it. Trains on D_eff ∪ draws:
+        zero-advantage rows would only dilute the token mean. Returns (the trained batch, replay/* metrics)."""
         rc = self.cfg.algorithm.replay
         if self.replay is None:
             return samples, {}

@@ -1,4 +1,4 @@
-"""GPU placement: which GPU of which node each rollout engine and trainer rank gets (DESIGN.md "Placement").
+"""GPU placement: which GPU of which node each rollout engine and trainer rank gets.
 
 A recipe states GPU counts only: R rollout workers with TP GPUs each (`rollout.gpus_per_worker`),
 W trainer ranks with one GPU each, and a mode:

@@ -11,13 +11,13 @@ Every estimator is registered with `@register_advantage(name)` and has ONE signa
 dtype (float32 for integer rewards). The driver never special-cases a name; the config maps its fields
 to an entry's params with `advantage_param_names(name)`.
 
-Groups are keyed by `group_ids` (any integers; one id per prompt per generation round, see
-ALGORITHMS.md §1.2) and reduced with scatter ops, so there is no Python loop over groups. The slow
-loop reference that checks these kernels lives in tests/unit/test_advantages.py.
+Groups are keyed by `group_ids` (any integers; one id per prompt per generation round, like verl's per-batch
+`uid`, so a prompt drawn twice forms two groups) and reduced with scatter ops, so there is no Python loop
+over groups. The slow loop reference that checks these kernels lives in tests/unit/test_advantages.py.
 
 Groups of size 1 (G=1): the group mean is the sample itself, so there is no baseline. `singleton="zero"`
-(default, ALGORITHMS.md §1.6 [design]) returns advantage 0; `singleton="raw"` reproduces verl
-(mean := 0, std := 1, i.e. the raw score).
+(default, this project's choice: a raw score is not an advantage) returns advantage 0; `singleton="raw"`
+reproduces verl (mean := 0, std := 1, i.e. the raw score). See docs/algorithms.md, `algorithm.advantage`.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def grpo(
 ) -> Tensor:
     """GRPO, DeepSeekMath (arXiv 2402.03300) §4.1.2: Â_i = (r_i − mean_g) / (std_g + eps).
 
-    std_ddof=1, eps=1e-6 is verl parity (ALGORITHMS.md §1.2). A constant group gives exactly 0.
+    The paper does not fix the std; std_ddof=1 (Bessel, `torch.std`), eps=1e-6 is verl parity
+    (`compute_grpo_outcome_advantage`). A constant group gives exactly 0.
     """
     _check_ddof(std_ddof, eps, singleton)
     idx, n_groups = _group_index(group_ids)
@@ -132,12 +133,13 @@ def stratified(
     rewards: Tensor, group_ids: Tensor, *, strata: Tensor | None = None,
     alpha: float = 0.6, std_ddof: int = 1, eps: float = 1e-6, singleton: str = "zero", san_std_ddof: int = 0,
 ) -> Tensor:
-    """Stratified GRPO (Zhu et al. arXiv 2510.06214; ALGORITHMS.md §3.2):
+    """Stratified GRPO (Zhu et al. arXiv 2510.06214; docs/algorithms.md, `stratified`):
     Â = α·Â_SAN + (1−α)·Â_GN, with Â_SAN = (r_i − mean_k)/(std_k + eps) over the stratum k of sample i
     inside its prompt group, and Â_GN identical to "grpo" (std_ddof, eps, singleton).
 
     SAN uses population std (san_std_ddof=0), which makes its per-stratum unit variance exact; singleton
-    and constant strata give Â_SAN = 0, so the blend keeps the (1−α) global signal (§3.5).
+    and constant strata give Â_SAN = 0 (a project choice; ddof=1 would give NaN for a singleton), so the
+    blend keeps the (1−α) global signal.
     """
     if strata is None:
         raise ValueError(

@@ -5,7 +5,7 @@ truncated importance sampling (TIS), and the loss aggregation modes. Pure torch,
                                 global_num_tokens=n_tok_all_ranks)   # (B, T) inputs -> scalar
     loss.backward()
 
-Layers, each usable on its own (ALGORITHMS.md §1.3, §1.4, §2.9, §5.3):
+Layers, each usable on its own (the math, with worked numbers, is in docs/algorithms.md, `algorithm.loss`):
 - `token_loss_terms`: the per-token loss, elementwise over any shape. The fused kernel in rl/ops
   imports it, so the kernel and `policy_loss` share one definition of the math.
 - `agg_loss`: (B, T) per-token loss + mask -> scalar, four verl modes, exact global normalisers.
@@ -38,7 +38,8 @@ LOG_RATIO_CLAMP = 20.0  # exp(20) ≈ 4.9e8: keeps ratios finite for very stale 
 
 
 def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor:
-    """Per-token KL(π_θ || π_ref) estimate, same shape as the inputs (Schulman's k1/k2/k3; ALGORITHMS.md §1.3).
+    """Per-token KL(π_θ || π_ref) estimate, same shape as the inputs (Schulman's k1/k2/k3, "Approximating KL
+    Divergence", 2020).
 
     - "k1": ℓ^θ − ℓ^ref          - "abs": |ℓ^θ − ℓ^ref|       - "k2": ½(ℓ^θ − ℓ^ref)²
     - "k3": exp(ℓ^ref − ℓ^θ) − (ℓ^ref − ℓ^θ) − 1, DeepSeekMath eq. (4); log-ratio clamped to ±20 and the
@@ -81,7 +82,7 @@ def token_loss_terms(
     per-token tensors: "pg" (pg_tok), "kl" (kl_tok or zeros), "ratio", "clipped_high", "clipped_low", "dual_clipped"
     (float 0/1), "log_ratio" — unmasked; the caller masks and reduces.
 
-    pg_tok is verl's `compute_policy_loss_vanilla` (ALGORITHMS.md §1.4): with r = exp(clamp(ℓ^θ − ℓ^old, ±20)),
+    pg_tok is verl's `compute_policy_loss_vanilla`: with r = exp(clamp(ℓ^θ − ℓ^old, ±20)),
     max(−A·r, −A·clip(r, 1−eps_low, 1+eps_high)) (PPO arXiv 1707.06347 eq. 7; decoupled clip = DAPO
     arXiv 2503.14476 eq. 10), then for A < 0 the dual clip min(·, −A·c) (arXiv 1912.09729 eq. 5).
     `is_weights` (TIS / replay corrections) are detached. Stats are not detached. Flags: clipped_high =
@@ -132,7 +133,7 @@ def agg_loss(
     global_num_tokens: Tensor | float | None = None, global_num_seqs: Tensor | float | None = None,
     loss_scale_factor: float | None = None,
 ) -> Tensor:
-    """Reduce a per-token loss (B, T) with mask (B, T) to a scalar (verl `agg_loss`, ALGORITHMS.md §2.9).
+    """Reduce a per-token loss (B, T) with mask (B, T) to a scalar (verl `agg_loss` in core_algos.py).
 
     - "token-mean":              Σ(L·M) / N_tok,  N_tok = global_num_tokens or local Σ M   (DAPO eq. 12)
     - "seq-mean-token-sum":      Σ_i s_i / N_seq, s_i = Σ_t L·M,
@@ -196,9 +197,10 @@ def tis_weights(
     """Truncated importance weights w = min(π_old/π_rollout, cap) (B, T), detached and zero at masked tokens.
 
     Corrects the rollout-engine/trainer probability mismatch (Yao et al. 2025 "off-policy RL" blog; verl
-    rollout_corr_helper; ALGORITHMS.md §5.2-5.3). Upper truncation only. level="token": per-token ratio
-    exp(clamp(ℓ^old − ℓ^μ, ±20)); level="sequence": exp(clamp(Σ_t M·(ℓ^old − ℓ^μ), ±20)) broadcast to
-    the row's tokens (unbiased, high variance). cap=None only measures (no truncation).
+    PR #2953 and `rollout_corr_helper`; docs/algorithms.md, "Truncated importance sampling"). Upper truncation
+    only. level="token": per-token ratio exp(clamp(ℓ^old − ℓ^μ, ±20)); level="sequence":
+    exp(clamp(Σ_t M·(ℓ^old − ℓ^μ), ±20)) broadcast to the row's tokens (unbiased, high variance). cap=None
+    only measures (no truncation).
 
     Metrics are measured BEFORE truncation over the units (valid tokens, or non-empty sequences):
     actor/tis_ess = (Σw)² / (n·Σw²), the effective sample size as a fraction in (0, 1] (1 = all equal);
@@ -256,7 +258,7 @@ def policy_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """Scalar policy loss for logprobs/old_logprobs/response_mask (B, T), advantages (B,) or (B, T).
 
-    = agg_loss(token_loss_terms(...)) with the GRPO/DAPO pieces of ALGORITHMS.md §7.2: log-ratio clamp ±20,
+    = agg_loss(token_loss_terms(...)) with the GRPO/DAPO pieces: log-ratio clamp ±20,
     asymmetric clip (eps_low/eps_high), optional dual clip (clip_ratio_c > 1), optional TIS weights
     (tis_cap with rollout_logprobs; tis_level), extra detached per-token `is_weights` (e.g. replay
     corrections), KL to ref_logprobs in the loss (kl_coef, kl_estimator), entropy bonus (entropy_coef).

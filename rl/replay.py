@@ -1,4 +1,4 @@
-"""Reweighted replay of past informative samples (ALGORITHMS.md §4.3): the buffer, its sampling
+"""Reweighted replay of past informative samples (docs/algorithms.md, "Replay buffer"): the buffer, its sampling
 priorities, and the bias-correction weights. Pure torch/Python, no Ray: the driver owns the buffer,
 the trainer applies the weights.
 
@@ -57,7 +57,7 @@ class ReplayEntry:
 
 
 class ReplayBuffer:
-    """Prioritised replay of informative samples (SSR, arXiv 2504.08837; ALGORITHMS.md §4.3).
+    """Prioritised replay of informative samples (SSR, arXiv 2504.08837; PER, arXiv 1511.05952).
 
     Priority of entry j, with v_now the version of the policy being trained:
 
@@ -291,7 +291,7 @@ def per_weights(probs: Tensor, buffer_size: int, beta: float) -> Tensor:
 
 def staleness_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, cap: float | None = 2.0, *,
                       level: str = "token") -> tuple[Tensor, dict[str, float]]:
-    """Decoupled-PPO weights for replayed rows (arXiv 2110.00641; ALGORITHMS.md §4.3, 2.):
+    """Decoupled-PPO weights for replayed rows (Hilton et al., arXiv 2110.00641; the TIS formula):
     w_t = min(exp(ℓ^old_t − ℓ^μ_t), C), detached, zero at masked tokens, (B, T) like the inputs.
 
     ℓ^μ are the rollout-engine logprobs stored with the sample, ℓ^old the proximal policy's logprobs

@@ -25,7 +25,7 @@ from torch import Tensor
 def overlong_penalty(
     lengths: Tensor, max_response_length: int, overlong_buffer: int, penalty_factor: float = 1.0
 ) -> Tensor:
-    """Soft overlong punishment, DAPO eq. (13) (ALGORITHMS.md §2.5), float (N,), added to the reward:
+    """Soft overlong punishment, DAPO (arXiv 2503.14476) §3.4 eq. (13), float (N,), added to the reward:
 
         0                                      if |y| <= L_max − L_cache
         ((L_max − L_cache) − |y|) / L_cache    if L_max − L_cache < |y| <= L_max
@@ -71,7 +71,7 @@ def informative_groups(metric: Tensor, group_ids: Tensor) -> Tensor:
 
 
 class DynamicSampler:
-    """DAPO dynamic sampling (paper §3.2, Algorithm 1; verl recipe/dapo; ALGORITHMS.md §2.3).
+    """DAPO dynamic sampling (arXiv 2503.14476 §3.2, Algorithm 1; verl recipe/dapo `filter_groups`).
 
     Keeps only informative groups (metric not constant within the group, see `informative_groups`)
     and accumulates them over generation rounds until `train_prompts` groups are available.
@@ -79,7 +79,7 @@ class DynamicSampler:
     - `add(groups)`: one generation round; a group is a non-empty list of items.
     - `ready(train_prompts)`: enough groups? Raises RuntimeError once `max_rounds` rounds of this
       step still left it short (verl `max_num_gen_batches`; None = unlimited). With `allow_short=True`
-      it is True then instead: the step ends short and something else fills it (the replay buffer, §4.3).
+      it is True then instead: the step ends short and something else fills it (the replay buffer, rl/replay.py).
     - `take(train_prompts)`: exactly `train_prompts` groups, oldest first (fewer, possibly none, only
       with `allow_short=True` after `max_rounds`; rollout/ds_short_groups counts them). The surplus is discarded
       and counted (the paper's and verl's behaviour), or with `carry_surplus` carried into the next step: it is

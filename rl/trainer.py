@@ -5,7 +5,8 @@ to a step's samples, and each rank takes its shard of every mini-batch (`samples
 Per mini-batch a rank packs its shard into token-budget micro-batches; the ranks agree (all-reduce)
 on the mini-batch's total token and sequence counts *before* any backward, and on the number of
 micro-batches, so that
-- the loss is the exact global token-mean over the whole mini-batch (ALGORITHMS.md §2.9 [design]),
+- the loss is the exact global token-mean over the whole mini-batch (DAPO arXiv 2503.14476 eq. 12; see
+  docs/algorithms.md, "Exact global normalisation"),
 - every rank runs the same number of ZeRO collectives (shorter ranks run zero-loss passes).
 DeepSpeed runs with caller-managed accumulation: backward() accumulates, step() is the boundary.
 DeepSpeed averages gradients over ranks; each rank's loss share is multiplied by W to undo that.

@@ -1,4 +1,4 @@
-"""Weight sync: trainer weights become rollout weights here, and only here (DESIGN.md "Weight sync").
+"""Weight sync: trainer weights become rollout weights here, and only here.
 
 Trainer rank 0 gathers full parameters (ZeRO-3 aware: every rank joins each all-gather) and streams
 them in buckets, so peak memory is one bucket of gathered parameters. Transports (`choose_transport`):

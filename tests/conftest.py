@@ -21,17 +21,24 @@ def quiet_environment():
 
 @pytest.fixture(autouse=True)
 def no_global_state_leaks():
-    """Fail a test that changes torch's thread count, default dtype or global RNG and leaves it changed:
-    later tests (numeric tolerances, seeded runs) must not depend on the order tests run in."""
+    """Fail a test that changes torch's thread count, its default dtype or the environment and leaves it
+    changed, and give every test the same global RNG state: later tests (numeric tolerances, seeded runs)
+    must not depend on the order tests run in."""
     import torch
 
-    before = (torch.get_num_threads(), torch.get_default_dtype(), torch.random.get_rng_state())
+    before = (torch.get_num_threads(), torch.get_default_dtype())
+    rng, env = torch.random.get_rng_state(), dict(os.environ)
     yield
-    after = (torch.get_num_threads(), torch.get_default_dtype(), torch.random.get_rng_state())
+    after = (torch.get_num_threads(), torch.get_default_dtype())
+    changed = sorted(k for k in set(env) | set(os.environ)
+                     if env.get(k) != os.environ.get(k) and k != "PYTEST_CURRENT_TEST")  # pytest's own
     torch.set_num_threads(before[0])
     torch.set_default_dtype(before[1])
-    torch.random.set_rng_state(before[2])
-    assert after[:2] == before[:2], f"the test changed torch's threads/default dtype: {before[:2]} -> {after[:2]}"
+    torch.random.set_rng_state(rng)
+    os.environ.clear()
+    os.environ.update(env)
+    assert after == before, f"the test changed torch's threads/default dtype: {before} -> {after}"
+    assert not changed, f"the test changed environment variables {changed} and left them changed"
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Triton kernels of the fused linear -> logprob/entropy op (ALGORITHMS.md §6.1). CUDA only.
+"""Triton kernels of the fused linear -> logprob/entropy op (docs/fused_ops.md, "The math"). CUDA only.
 
 Imported lazily by rl/ops/logprob.py (which holds the launch code, the autograd wrapper and the
 dispatch), so that CPU machines never import Triton. Not runnable here: it is exercised by

@@ -7,12 +7,12 @@
 
 Why it is exact: with the global token count fixed, the token-mean loss Σ_i L_tok,i·m_i / N_tok is a sum
 of per-token terms, so each chunk's contribution to the value and to dL/dh, dL/dW is final as soon as
-that chunk's log-probs (and entropy) are known (the Liger "gradient in forward" design, ALGORITHMS.md
-§6.2, §6.4). Per chunk: logits z (V, n) are computed once and kept; per-token lse/entropy come from
-them; d(loss)/d(logprob) and d(loss)/d(entropy) come from autograd over `rl.losses.token_loss_terms`
+that chunk's log-probs (and entropy) are known (the "gradient in forward" design of Liger-Kernel's
+`LigerFusedLinearGRPOLoss`). Per chunk: logits z (V, n) are computed once and kept; per-token lse/entropy
+come from them; d(loss)/d(logprob) and d(loss)/d(entropy) come from autograd over `rl.losses.token_loss_terms`
 (the one definition of the clip / dual-clip / KL / entropy / TIS math, shared with `policy_loss`);
-the chain rule into z, h and W is the §6.1 backward. The torch path never recomputes logits
-(3 GEMMs per token instead of 4); the Triton path recomputes them once inside the forward.
+the chain rule into z, h and W is the backward of docs/fused_ops.md, "The math". The torch path never
+recomputes logits (3 GEMMs per token instead of 4); the Triton path recomputes them once inside the forward.
 
 Exactly the value and gradients of `policy_loss(token_logprobs_entropy(...))` with
 loss_agg_mode="token-mean". Other modes and the GSPO sequence ratio need whole-sequence quantities

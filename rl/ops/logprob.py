@@ -1,4 +1,4 @@
-"""Fused linear -> per-token log-prob and entropy, straight from final hidden states (ALGORITHMS.md §6.1).
+"""Fused linear -> per-token log-prob and entropy, straight from final hidden states (docs/fused_ops.md).
 
     logprobs, entropy = token_logprobs_entropy(hidden, lm_head.weight, targets, temperature=0.7)  # (N,), (N,)
     logprobs, _ = token_logprobs_entropy(hidden, weight, targets, with_entropy=False)  # no entropy work

@@ -1,4 +1,4 @@
-"""Pure-torch chunked twin of the fused linear -> logprob/entropy op (ALGORITHMS.md §6.1).
+"""Pure-torch chunked twin of the fused linear -> logprob/entropy op (docs/fused_ops.md, "The math").
 
     logprobs, entropy = token_logprobs_entropy_torch(hidden, weight, targets, temperature=0.7)
 

@@ -2,7 +2,8 @@
 
 Starts `ray start --head` bound to 127.0.0.1 (token auth disabled for this private test cluster),
 submits `python -m launch.train configs/debug_cpu.yaml` with the repository as working dir, waits for
-the job to succeed, and checks the outputs DESIGN.md promises.
+the job to succeed, and checks the outputs the README lists under "Outputs" (config.yaml, metrics.jsonl,
+checkpoints/, final/).
 """
 
 from __future__ import annotations

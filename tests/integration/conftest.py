@@ -33,14 +33,15 @@ def debug_config(tmp_path, *overrides: str):
 
 
 ONES_REWARD = '''
-def ones(prompt: str, completion: str, **sample) -> float:
-    return completion.count("1") / max(len(completion), 1)
+def ones(prompt: str, completion: str, **sample) -> dict:
+    share = completion.count("1") / max(len(completion), 1)
+    return {"reward": share, "acc": float(share > 0.5)}
 '''
 
 
 def ones_reward(directory) -> str:
-    """A user reward file a tiny model can learn (the share of "1" characters), written under `directory`;
-    returns its `reward.fns` spec."""
+    """A user reward file a tiny model can learn (the share of "1" characters; correct when more than half),
+    written under `directory`; returns its `reward.fns` spec."""
     path = directory / "ones_reward.py"
     path.write_text(ONES_REWARD)
     return f"{path}:ones"

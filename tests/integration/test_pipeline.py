@@ -2,7 +2,7 @@
 
 Shows, at ZeRO-2 and ZeRO-3: the weights change; the rollout workers hold exactly the synced
 weights (a probe sequence's logprobs agree between a rollout worker and the trainer); the outputs
-are where DESIGN.md says; a run killed after a checkpoint resumes at the right step and reproduces
+are where docs/architecture.md says; a run killed after a checkpoint resumes at the right step and reproduces
 the uninterrupted run's metrics.
 """
 

@@ -17,6 +17,8 @@ the engine and the trainer agree on the sampled tokens' logprobs (fp32 on both s
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -130,7 +132,13 @@ def test_recipe_trains(ray_cluster, tmp_path, chatty_model, recipe):
 
     out = tmp_path / "run"
     overrides = shrink(recipe, out, chatty_model)
-    assert main([str(recipe), *overrides]) == 0
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        with warnings.catch_warnings():  # the CLI sets process-wide logging and warning filters: undo both
+            assert main([str(recipe), *overrides]) == 0
+    finally:
+        root.handlers[:], root.level = handlers, level
 
     original, ran = asdict(load_config(recipe)), asdict(load_config(out / "config.yaml"))
     for key in STRUCTURE:  # the shrunk run kept the recipe's algorithm and training structure

@@ -71,7 +71,7 @@ def test_resume_with_replay_reproduces(ray_cluster, tmp_path):
 
 def test_dynamic_sampling_short_step_is_topped_up_from_the_buffer(ray_cluster, tmp_path):
     """With replay on, dynamic sampling capped at one round ends a step short instead of failing, and the
-    buffer fills the batch back to train_prompts x group_size informative rows (ALGORITHMS.md §4.3)."""
+    buffer fills the batch back to train_prompts x group_size informative rows (docs/algorithms.md, "Replay buffer")."""
     from launch.loop import run
 
     out = tmp_path / "run"

@@ -69,18 +69,23 @@ def test_fused_and_naive_paths_agree(ray_cluster, tiny_model_dir, extra):
 def test_two_ranks_with_unequal_micro_batch_counts(ray_cluster, tiny_model_dir):
     """Rank 0's shard of each mini-batch packs into fewer micro-batches than rank 1's (short responses and a
     zero advantage on rank 0), so rank 0 runs padding passes in the proximal-logprob pass and in the updates.
-    Nothing may be read back from a padding pass: every trained sample keeps its own old logprobs."""
+    Nothing may be read back from a padding pass: every trained sample keeps its own old logprobs, and the
+    KL-in-reward pass gives every sample its own penalty."""
     samples = _samples()
     for i, s in enumerate(samples):  # mini-batch m holds rows 4m..4m+3; rank r takes rows r and r+2 of it
         n = 2 if i % 2 == 0 else 9  # rank 0: two short rows (one micro-batch); rank 1: two long (two)
         s.response_ids, s.rollout_logprobs = s.response_ids[:1] * n, [-1.0] * n
         s.advantage = 1.0 if i % 3 else -1.0
     samples[2].advantage = 0.0  # skipped on rank 0, counted in the token totals
-    ranks = _trainers(tiny_model_dir, "trainer.micro_batch_tokens=16", "algorithm.loss.kl_coef=0.0", world=2)
+    ranks = _trainers(tiny_model_dir, "trainer.micro_batch_tokens=16", "algorithm.kl_in_reward.enable=true",
+                      "trainer.lr=1e-2", world=2)
     results = ray.get([r.train_step.remote(samples, 2, 1) for r in ranks])
     assert [res["updates"] for res in results] == [2, 2]
     assert [res["skipped"] for res in results] == [1, 0]  # each rank counts its own shard only
     counts = [res["parity"]["parity/count"] for res in results]
     assert counts == [sum(len(samples[i].response_ids) for i in (0, 4, 6)), 4 * 9]  # every trained token, once
+    # after the update the policy differs from the reference: each sample's KL is its own, none read as 0
+    kl = {i: v for part in ray.get([r.sequence_kl.remote(samples, "k2") for r in ranks]) for i, v in part.items()}
+    assert sorted(kl) == list(range(8)) and all(v > 0 for v in kl.values()), kl
     for r in ranks:
         ray.kill(r)

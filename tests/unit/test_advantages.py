@@ -1,4 +1,4 @@
-"""rl/advantages.py: worked vectors (ALGORITHMS.md §1.7, §3.6), loop == vectorised, edge cases, strata ids,
+"""rl/advantages.py: worked vectors (GRPO / Dr. GRPO, SAN), loop == vectorised, edge cases, strata ids,
 the registry, and the config -> compute_advantages mapping."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def close(actual: torch.Tensor, expected, atol: float = ATOL) -> None:
     torch.testing.assert_close(actual.double(), torch.tensor(expected, dtype=torch.float64), atol=atol, rtol=0)
 
 
-# ----------------------------------------------------------------------------- §1.7 GRPO table
+# ----------------------------------------------------------------------------- GRPO table (ddof 1 / 0, Dr. GRPO)
 
 
 @pytest.mark.parametrize(
@@ -57,7 +57,7 @@ def test_grpo_vectors(rewards, ddof1, ddof0, dr):
 
 
 def test_grpo_singleton_policy():
-    # §1.6: verl sets mean := 0, std := 1 for G=1, so Â = 0.7 / (1 + 1e-6); our default is 0.
+    # verl sets mean := 0, std := 1 for G=1, so Â = 0.7 / (1 + 1e-6); our default is 0.
     r, g = t([0.7]), one_group(1)
     close(compute_advantages("grpo", r, g, singleton="raw"), [0.7])
     close(compute_advantages("grpo", r, g), [0.0])
@@ -77,7 +77,7 @@ def test_rloo_and_reinforce_pp_small_vectors():
     close(compute_advantages("reinforce_pp", r2, g2), [1.0, -1.0, 0.5, 0.5, 0.5, -1.5])
 
 
-# ----------------------------------------------------------------------------- §3.6 SAN
+# ----------------------------------------------------------------------------- SAN (Stratified GRPO)
 
 R_SAN = [1, 0, 1, 1, 0, 1, 0, 1]
 C_SAN = [0, 0, 1, 1, 1, 2, 2, 2]  # strata sizes 2, 3, 3
@@ -121,7 +121,7 @@ def test_stratified_affine_invariance_and_singletons():
     a = compute_advantages("stratified", r, g, strata=c, alpha=1.0, eps=0.0)
     b = compute_advantages("stratified", 2 * r + 3, g, strata=c, alpha=1.0, eps=0.0)
     torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
-    # §3.6 singleton: r=[1,0,1], c=[0,1,1]: stratum {0} has one member -> SAN 0; blend keeps 0.4·GN.
+    # singleton stratum: r=[1,0,1], c=[0,1,1]: stratum {0} has one member -> SAN 0; blend keeps 0.4·GN.
     r3, c3, g3 = t([1, 0, 1]), t([0, 1, 1], torch.long), one_group(3)
     assert compute_advantages("stratified", r3, g3, strata=c3, alpha=1.0)[0].item() == 0.0
     gn = compute_advantages("grpo", r3, g3)

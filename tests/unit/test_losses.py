@@ -1,4 +1,4 @@
-"""rl/losses.py: worked vectors (ALGORITHMS.md §1.7, §2.9, §5.6), gradients, gradcheck, GSPO, TIS, edge
+"""rl/losses.py: worked vectors (clipped loss, KL, agg_loss modes, TIS), gradients, gradcheck, GSPO, TIS, edge
 cases, micro-batch × grad-accumulation invariance, and the config -> policy_loss mapping."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def close(actual, expected, atol=ATOL):
     torch.testing.assert_close(actual.detach().to(D), t(expected), atol=atol, rtol=0)
 
 
-# ----------------------------------------------------------------------------- §1.7 per-token clipped loss
+# ----------------------------------------------------------------------------- per-token clipped loss
 
 # rows: A, r, L_tok for (ε_low, ε_high, c) = (0.2,0.2,3), (0.2,0.28,3), (0.2,0.28,10), ∂L/∂ℓ^θ at (0.2,0.28,3)
 CLIP_TABLE = [
@@ -72,7 +72,7 @@ def test_token_loss_terms_is_elementwise_over_any_shape():
     torch.testing.assert_close(flat, full.flatten())
 
 
-# ----------------------------------------------------------------------------- §1.7 KL estimators
+# ----------------------------------------------------------------------------- KL estimators
 
 KL_TABLE = [  # π_θ, π_ref, k1, k2, k3, ∂k3/∂ℓ^θ = 1 − π_ref/π_θ
     (0.5, 0.25, 0.693147, 0.240227, 0.193147, 0.5),
@@ -108,7 +108,7 @@ def test_k3_is_clamped_and_unknown_estimator_rejected():
         kl_penalty(t([0.0]), t([0.0]), "k4")
 
 
-# ----------------------------------------------------------------------------- §1.7 end-to-end mini batch
+# ----------------------------------------------------------------------------- end-to-end mini batch
 
 MASK = [[1, 1, 0], [1, 1, 1]]
 P_OLD = [[0.5, 0.4, 1.0], [0.3, 0.6, 0.2]]  # padding slot (0, 2) holds prob 1 (logprob 0), any finite value
@@ -156,7 +156,7 @@ def test_end_to_end_dapo():
     close(logp.grad, [[0.0, -0.155563, 0.0], [0.141421, 0.117851, 0.212132]])
 
 
-# ----------------------------------------------------------------------------- §2.9 agg_loss
+# ----------------------------------------------------------------------------- agg_loss
 
 L_AGG = [[1, 2, 3], [4, 9, 9], [7, 7, 7]]
 M_AGG = [[1, 1, 1], [1, 0, 0], [0, 0, 0]]  # row 3 is a length-0 sequence
@@ -187,7 +187,7 @@ def test_agg_loss_all_masked_and_nan_padding():
         agg_loss(lm, t([[0, 0]]), "mean")
 
 
-# ----------------------------------------------------------------------------- §5.6 TIS
+# ----------------------------------------------------------------------------- TIS
 
 def test_tis_vectors():
     old, mu, mask = t([[0.5, 0.2, 0.9, 0.3]]).log(), t([[0.2, 0.4, 0.9, 0.31]]).log(), t([[1, 1, 1, 1]])

@@ -1,4 +1,4 @@
-"""rl.ops.token_logprobs_entropy (torch path) against materialised logits (ALGORITHMS.md §6.1, §6.5).
+"""rl.ops.token_logprobs_entropy (torch path) against materialised logits (docs/fused_ops.md, "The math").
 
 The oracle is the naive path: logits = h @ W.T / T, log_softmax, gather, -(p log p).sum. Gradients are
 compared for a loss Σ g1·logp + g2·H with random upstream grads, so both backward terms are exercised.

@@ -1,5 +1,6 @@
-"""rl/replay.py: the §4.3 vectors (priorities, SSR top-up, staleness weights), sampling frequencies, admission,
-eviction, age decay, PER weights, metrics, and an exact checkpoint round trip (ALGORITHMS.md §4)."""
+"""rl/replay.py: the worked vectors of docs/algorithms.md "Replay buffer" (priorities, SSR top-up, staleness
+weights), sampling frequencies, admission, eviction, age decay, PER weights, metrics, and an exact checkpoint
+round trip."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-# ----------------------------------------------------------------------------- §4.3 test vectors
+# ----------------------------------------------------------------------------- worked vectors
 
 @pytest.mark.parametrize("alpha, expected", [
     (0.0, [1 / 3, 1 / 3, 1 / 3]),

@@ -1,4 +1,4 @@
-"""rl/sampling.py: overlong punishment and dynamic-sampling vectors (ALGORITHMS.md §2.10), the sampler's
+"""rl/sampling.py: overlong punishment and dynamic-sampling vectors (docs/algorithms.md), the sampler's
 rounds/surplus/error/checkpoint behaviour, and the config -> sampler mapping."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def lengths(*xs: int) -> torch.Tensor:
     return torch.tensor(xs, dtype=torch.long)
 
 
-# ----------------------------------------------------------------------------- overlong (§2.10)
+# ----------------------------------------------------------------------------- overlong (DAPO eq. 13)
 
 def test_overlong_paper_scale():
     # (L_max, L_cache) = (20480, 4096): free up to 16384; then linear to −1 at 20480; −1 beyond (paper).
@@ -42,7 +42,7 @@ def test_overlong_tiny_and_factor():
 # ----------------------------------------------------------------------------- informative groups
 
 def test_informative_groups_vector_and_edge_cases():
-    # §2.10: group accuracies [[1,1,1,1],[0,1,0,0],[0,0,0,0],[1,0,1,1]] keep groups 2 and 4
+    # group accuracies [[1,1,1,1],[0,1,0,0],[0,0,0,0],[1,0,1,1]] keep groups 2 and 4
     acc = torch.tensor([1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1], dtype=torch.float32)
     gid = torch.arange(4).repeat_interleave(4)
     assert informative_groups(acc, gid).tolist() == [False] * 4 + [True] * 4 + [False] * 4 + [True] * 4
@@ -69,7 +69,7 @@ def acc(item) -> float:
 
 
 def test_one_round_suffices():
-    # §2.10: train_prompts=2, G=4: groups 2 and 4 survive, one round, 8 trajectories
+    # train_prompts=2, G=4: groups 2 and 4 survive, one round, 8 trajectories
     ds = DynamicSampler(acc, max_rounds=3)
     assert not ds.ready(2)
     assert ds.add(groups_from(ACC_TABLE)) == 2
