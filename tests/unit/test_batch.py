@@ -39,3 +39,13 @@ def test_unpack_inverts_packing():
     seq = torch.tensor([0, 0, 2, 2])
     mat, mask = unpack(values, seq, 3)
     assert mat.tolist() == [[1, 2], [0, 0], [3, 4]] and mask.tolist() == [[1, 1], [0, 0], [1, 1]]
+
+
+@pytest.mark.parametrize("n, parts, sizes", [(10, 4, [3, 3, 2, 2]), (9, 4, [3, 2, 2, 2]), (8, 4, [2, 2, 2, 2]),
+                                              (3, 4, [1, 1, 1, 0]), (5, 1, [5])])
+def test_mini_batches_differ_in_size_by_at_most_one(n, parts, sizes):
+    from rl.trainer import split_even
+
+    split = split_even(list(range(n)), parts)
+    assert [len(s) for s in split] == sizes
+    assert sum(split, []) == list(range(n))  # contiguous, in order, nothing dropped
