@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rl.batch import collate, split_by_token_budget, unpack
