@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import ray  # noqa: F401  (sets RAY_CLIENT_MODE in os.environ when first imported: before any test's snapshot)
 
 
 
