@@ -247,7 +247,8 @@ class LoggingConfig:
     wandb_project: str = "rlvr"
     """wandb project name."""
     console: str = "rich"
-    """Console output: `rich` (progress bar) or `plain` (one line per step)."""
+    """Console output: `rich` (progress bar on a terminal; one plain line per step when stdout is not one,
+    e.g. under `ray job submit`, nohup or SLURM) or `plain` (always one line per step)."""
 
 
 @dataclass

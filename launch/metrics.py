@@ -3,7 +3,8 @@
 `metrics.jsonl` holds one JSON object per step with at least `step`, `reward/mean`, `loss/policy`,
 `perf/step_time_s`, `perf/tokens_per_s`, plus `eval/accuracy` on eval steps. The console shows a
 progress bar with step, reward, eval accuracy, tokens/s and the step time split into
-generate / reward / train / sync (or one plain line per step with `logging.console=plain`).
+generate / reward / train / sync, or one plain line per step with `logging.console=plain` and whenever
+stdout is not a terminal (`ray job submit` logs, nohup, SLURM, a pipe): a progress bar draws nothing there.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +64,7 @@ class MetricsLogger:
         self.console = console
         self._wandb = _init_wandb(output_dir, config, wandb_mode, wandb_project)
         self._progress = None
-        if console == "rich":
+        if console == "rich" and sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
