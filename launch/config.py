@@ -337,18 +337,33 @@ def _parse_overrides(overrides: list[str]):
         raise ConfigError(f"overrides {overrides}: {e}") from None
 
 
+def _merge_recipe(merged, path: Path, chain: tuple[Path, ...] = ()):
+    """Merge the recipe at `path` onto `merged`; a recipe may start with `extends: other.yaml` (a path
+    relative to its own file), whose settings it then states only the differences from."""
+    if not path.is_file():
+        where = f" (extended by {chain[-1]})" if chain else ""
+        raise ConfigError(f"config file {path} not found{where}: pass a recipe such as configs/quickstart.yaml")
+    if path.resolve() in {p.resolve() for p in chain}:
+        raise ConfigError(f"{chain[0]}: `extends` loops back to {path} ({' -> '.join(map(str, (*chain, path)))})")
+    try:
+        recipe = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and friends
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    recipe = recipe or OmegaConf.create({})
+    if "extends" in recipe:
+        base = recipe.pop("extends")
+        if not isinstance(base, str) or not base.endswith((".yaml", ".yml")):
+            raise ConfigError(f"{path}: `extends: {base}` must name one YAML recipe, e.g. extends: grpo.yaml")
+        merged = _merge_recipe(merged, path.parent / base, (*chain, path))
+    return _merge(merged, recipe, str(path))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Schema defaults ← recipe YAML ← `a.b=value` overrides, validated; returns a `Config`."""
+    """Schema defaults ← recipe YAML (after the recipes it `extends`) ← `a.b=value` overrides, validated;
+    returns a `Config`."""
     merged = OmegaConf.structured(Config)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found: pass a recipe such as configs/quickstart.yaml")
-        try:
-            recipe = OmegaConf.load(path)
-        except Exception as e:  # yaml.YAMLError and friends
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        merged = _merge(merged, recipe or {}, str(path))
+        merged = _merge_recipe(merged, Path(path))
     merged = _merge(merged, _parse_overrides(list(overrides)), "command-line override")
     try:
         return OmegaConf.to_object(merged)

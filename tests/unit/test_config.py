@@ -109,3 +109,26 @@ def test_configuration_reference_is_current():
 def test_vllm_temperature_outside_its_range_is_a_config_error(temperature):
     with pytest.raises(ConfigError, match=r"rollout.temperature=.*\[0.01, 2\]"):
         load_config(None, ["rollout.engine=vllm", "rollout.gpus_per_worker=1", f"rollout.temperature={temperature}"])
+
+
+def test_a_recipe_extends_another_and_states_only_the_differences(tmp_path):
+    (tmp_path / "base.yaml").write_text("trainer:\n  lr: 3.0e-4\n  total_steps: 7\nrollout:\n  group_size: 4\n")
+    (tmp_path / "mid.yaml").write_text("extends: base.yaml\ntrainer:\n  total_steps: 9\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "top.yaml").write_text("extends: ../mid.yaml\nrollout:\n  group_size: 2\n")
+    cfg = load_config(tmp_path / "sub" / "top.yaml", ["trainer.lr=1e-5"])
+    assert (cfg.trainer.lr, cfg.trainer.total_steps, cfg.rollout.group_size) == (1e-5, 9, 2)
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="`extends` loops back"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing.yaml not found \(extended by .*c.yaml\)"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "ok.yaml").write_text("trainer:\n  lr: 1.0e-5\n")
+    (tmp_path / "d.yaml").write_text("extends: ok.yaml\ntrainer:\n  lrr: 1\n")
+    with pytest.raises(ConfigError, match=r"d.yaml: unknown config key `trainer.lrr`"):
+        load_config(tmp_path / "d.yaml")
