@@ -249,6 +249,13 @@ class LoggingConfig:
     console: str = "rich"
     """Console output: `rich` (progress bar on a terminal; one plain line per step when stdout is not one,
     e.g. under `ray job submit`, nohup or SLURM) or `plain` (always one line per step)."""
+    samples_per_step: int = 8
+    """How many of each step's samples (the first ones, whole groups first) go to samples.jsonl: rendered prompt,
+    completion, reward, per-function metrics, advantage; 0 writes none."""
+
+    def __post_init__(self) -> None:
+        if self.samples_per_step < 0:
+            raise ConfigError(f"logging.samples_per_step={self.samples_per_step}: must be >= 0 (0 writes none)")
 
 
 @dataclass

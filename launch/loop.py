@@ -85,6 +85,7 @@ class Driver:
             t0 = time.perf_counter()
             samples, timing, rollout_metrics = self.collect()  # steps 1-4
             metrics = {**rollout_metrics, **self.kl_in_reward(samples), **self.compute_advantages(samples)}  # step 5
+            self.logger.log_samples(step, [sample_record(s) for s in samples[:self.cfg.logging.samples_per_step]])
             batch, replay_m = self.mix_replay(samples)
             metrics.update(replay_m)
 
@@ -385,6 +386,14 @@ class Driver:
     def close(self) -> None:
         if hasattr(self, "logger"):
             self.logger.close()
+
+
+def sample_record(s: Sample) -> dict:
+    """What samples.jsonl keeps of a sample: the rendered prompt, the completion and how it was scored."""
+    return {"prompt_id": s.prompt_id, "group_id": s.group_id, "policy_version": s.policy_version,
+            "prompt": s.prompt_text, "completion": s.response_text, "response_tokens": s.response_length,
+            "finish_reason": s.finish_reason, "reward": s.reward, "reward_status": s.reward_status,
+            "reward_metrics": dict(s.reward_metrics), "advantage": s.advantage}
 
 
 def accuracy(sample: Sample, reward_names: tuple[str, ...], accuracy_fn: str | None) -> float | None:

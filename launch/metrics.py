@@ -82,6 +82,14 @@ class MetricsLogger:
             self.last_eval = metrics["eval/accuracy"]
         self._show(step, metrics)
 
+    def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        """Append what the model wrote at this step to samples.jsonl (one JSON object per sample)."""
+        if not samples:
+            return
+        with (self.path.parent / "samples.jsonl").open("a") as f:
+            for s in samples:
+                f.write(json.dumps({"step": step, **{k: _clean(v) for k, v in s.items()}}) + "\n")
+
     def _show(self, step: int, m: dict[str, Any]) -> None:
         if "reward/mean" not in m:  # eval-only record (step 0)
             line = f"eval/accuracy {m.get('eval/accuracy', float('nan')):.3f}"

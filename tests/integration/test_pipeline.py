@@ -50,6 +50,9 @@ def test_train_sync_and_outputs(ray_cluster, tmp_path, zero_stage):
         for key in ("reward/mean", "loss/policy", "perf/step_time_s", "perf/tokens_per_s"):
             assert key in r
     assert "eval/accuracy" in records[0] and "eval/accuracy" in records[2]
+    written = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in written] == [1] * 8 + [2] * 8  # the first 8 of each step (two groups of 4)
+    assert all(s["prompt"].endswith("<|assistant|>") and "arith" in s["reward_metrics"] for s in written)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_1", "step_2"][-cfg.trainer.keep_last:]
 
     # weights changed, and final/ is a plain HF directory
