@@ -40,3 +40,18 @@ def no_global_state_leaks():
     os.environ.update(env)
     assert after == before, f"the test changed torch's threads/default dtype: {before} -> {after}"
     assert not changed, f"the test changed or removed environment variables {changed}"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    from launch.models import resolve_model
+
+    return resolve_model("tiny-random", str(tmp_path_factory.mktemp("models")))
+
+
+@pytest.fixture()
+def jsonl_dataset(tmp_path) -> Path:
+    path = tmp_path / "data.jsonl"
+    rows = [{"question": f"What is {i} + 1?", "solution": str(i + 1), "data_source": "toy"} for i in range(6)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
