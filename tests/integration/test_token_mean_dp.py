@@ -55,7 +55,7 @@ def _loss(w, rows, mode, n_tok, n_seq):
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # a spawned child process of its own: nothing leaks into the test process
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
                             timeout=timedelta(seconds=60))
     try:
