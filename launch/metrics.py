@@ -88,7 +88,7 @@ class MetricsLogger:
             return
         with (self.path.parent / "samples.jsonl").open("a") as f:
             for s in samples:
-                f.write(json.dumps({"step": step, **{k: _clean(v) for k, v in s.items()}}) + "\n")
+                f.write(json.dumps(_clean({"step": step, **s})) + "\n")
 
     def _show(self, step: int, m: dict[str, Any]) -> None:
         if "reward/mean" not in m:  # eval-only record (step 0)
@@ -113,6 +113,8 @@ class MetricsLogger:
 def _clean(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None  # JSON has no NaN; null says "not measured"
+    if isinstance(v, dict):  # samples.jsonl's per-function metrics
+        return {k: _clean(x) for k, x in v.items()}
     return v
 
 

@@ -141,7 +141,7 @@ def agg_loss(
     - "seq-mean-token-mean":     Σ_i s_i / N_seq, s_i = Σ_t L·M / Σ_t M
                                  (DeepSeekMath eq. 3: (1/G) Σ_i (1/|o_i|) Σ_t)
     - "seq-mean-token-sum-norm": Σ_i s_i / (N_seq · S), s_i = Σ_t L·M, S = loss_scale_factor or T =
-      mask.shape[-1] (Dr. GRPO, arXiv 2503.20783 eq. 3: (1/G) Σ_i Σ_t / MAX_TOKENS, a constant per-token
+      mask.shape[-1] (Dr. GRPO, arXiv 2503.20783: (1/G) Σ_i Σ_t / MAX_TOKENS, a constant per-token
       weight whatever a response's length), N_seq as above.
 
     Global counts: `global_num_tokens` is the all-reduced valid-token count of the WHOLE mini-batch (every
@@ -165,22 +165,19 @@ def agg_loss(
     if mode == "token-mean":
         n_tok = m.sum() if global_num_tokens is None else _as_tensor(global_num_tokens, lm)
         return lm.sum() / n_tok.clamp(min=1.0)
-    if mode == "seq-mean-token-sum-norm":
-        scale = float(mask.shape[-1]) if loss_scale_factor is None else float(loss_scale_factor)
-        if scale <= 0:
-            raise ValueError(f"agg_loss: loss_scale_factor={loss_scale_factor} must be > 0")
-        # Dr. GRPO: (1/N_seq) Σ_i Σ_t L_it / S over the whole mini-batch (N_seq: every non-empty sequence)
-        n_seq = (m.reshape(-1, m.shape[-1]).sum(-1) > 0).sum().to(lm.dtype) if global_num_seqs is None \
-            else _as_tensor(global_num_seqs, lm)
-        return lm.sum() / (scale * n_seq.clamp(min=1.0))
     if lm.dim() < 2:
         raise ValueError(f"loss_agg_mode={mode!r} needs (B, T) inputs with one row per sequence, got {tuple(lm.shape)}")
     seq_sum = lm.sum(-1)  # (B,)
     seq_tokens = m.sum(-1)  # (B,)
     nonempty = seq_tokens > 0
+    n_seq = nonempty.sum().to(lm.dtype) if global_num_seqs is None else _as_tensor(global_num_seqs, lm)
     if mode == "seq-mean-token-mean":
         seq_sum = seq_sum / torch.where(nonempty, seq_tokens, torch.ones_like(seq_tokens))
-    n_seq = nonempty.sum().to(lm.dtype) if global_num_seqs is None else _as_tensor(global_num_seqs, lm)
+    elif mode == "seq-mean-token-sum-norm":  # Dr. GRPO: (1/N_seq) Σ_i Σ_t L_it / S over the whole mini-batch
+        scale = float(mask.shape[-1]) if loss_scale_factor is None else float(loss_scale_factor)
+        if scale <= 0:
+            raise ValueError(f"agg_loss: loss_scale_factor={loss_scale_factor} must be > 0")
+        seq_sum = seq_sum / scale
     return seq_sum.sum() / n_seq.clamp(min=1.0)
 
 

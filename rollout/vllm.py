@@ -196,7 +196,7 @@ class VLLMEngine:
     def finish_weight_update(self) -> None:
         """After the last bucket: give the KV cache back (colocated) and drop prefixes of the old policy."""
         self._wake(["weights", "kv_cache"])
-        self.llm.reset_prefix_cache()
+        self.reset_prefix_cache()
 
     def reset_prefix_cache(self) -> None:
         """Drop cached prefixes (their KV was computed by earlier requests; results must not depend on them)."""
@@ -204,7 +204,7 @@ class VLLMEngine:
 
     def _after_load(self) -> None:
         if not self._asleep:  # asleep: the KV cache, prefixes included, was discarded by sleep()
-            self.llm.reset_prefix_cache()
+            self.reset_prefix_cache()
 
     def _rpc(self, method: str, *args: Any, what: str) -> list:
         # the deadline is kept here as well: the in-process (TP=1) executor ignores collective_rpc's timeout

@@ -101,7 +101,7 @@ def test_exact_token_mean_is_dp_shard_invariant(tmp_path):
         w = torch.nn.Parameter(w0.clone())
         full = _loss(w, everything, mode, None, None)  # single process, full batch, local counts
         full.backward()
-        if mode == "seq-mean-token-sum-norm":  # Dr. GRPO eq. 3 written out: (1/N_seq) Σ_i Σ_t L_it / S
+        if mode == "seq-mean-token-sum-norm":  # Dr. GRPO written out: (1/N_seq) Σ_i Σ_t L_it / S
             x, y, _, adv, old, _ = make_batch()
             terms, _ = token_loss_terms(_logprobs(w0, x, y), old, adv[:, None].expand_as(old), clip_ratio_c=3.0)
             n_seq = int((mask.sum(-1) > 0).sum())

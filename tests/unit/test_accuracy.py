@@ -73,3 +73,15 @@ def test_warns_when_clipping_cannot_act():
     assert any("never act" in w for w in startup_warnings(load_config("configs/quickstart.yaml")))
     assert not startup_warnings(load_config("configs/dapo.yaml"))  # 16 updates per rollout step
     assert not startup_warnings(load_config("configs/quickstart.yaml", ["algorithm.replay.enable=true"]))
+
+
+def test_reports_acc_lists_exactly_the_builtins_that_report_it():
+    """The start-up check trusts REPORTS_ACC: it must match what each built-in really returns."""
+    from reward.registry import BUILTINS, REPORTS_ACC
+    from reward.types import coerce_output
+
+    row = {"prompt": "q", "completion": "```python\nprint(2)\n```", "answer": "2",
+           "tests": [{"input": "", "output": "2\n"}]}
+    reporting = {name for fn in resolve_specs(sorted(BUILTINS))
+                 for name in [fn.name] if "acc" in coerce_output(fn(row))[1]}
+    assert reporting == REPORTS_ACC

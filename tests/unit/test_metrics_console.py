@@ -14,7 +14,10 @@ def test_rich_console_prints_plain_lines_when_stdout_is_not_a_terminal(tmp_path,
                            console="rich")
     logger.log(0, {"eval/accuracy": 0.5})
     logger.log(1, STEP)
+    logger.log_samples(1, [{"completion": "7", "reward_metrics": {"arith": 1.0, "slow": float("nan")}}])
     logger.close()
+    (sample,) = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert sample == {"step": 1, "completion": "7", "reward_metrics": {"arith": 1.0, "slow": None}}  # valid JSON
     lines = capsys.readouterr().out.splitlines()  # pytest's captured stdout is not a terminal
     assert lines[0] == "step 0: eval/accuracy 0.500"
     assert lines[1].startswith("step 1: reward 0.250 | eval acc 0.500 | 100 tok/s")
