@@ -17,16 +17,14 @@ Errors say which spec is wrong, what is wrong and how to fix it, before any mode
 from __future__ import annotations
 
 import difflib
-import hashlib
-import importlib
-import importlib.util
 import inspect
 import math
 import os
 import re
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from rl.registry import PluginError, is_file_spec, load_object
 
 BUILTINS: dict[str, str] = {
     "math": "reward.verifiers:math_reward",
@@ -156,50 +154,10 @@ def _default_name(spec: str) -> str:
 
 
 def _load_target(spec: str, target: str) -> Callable[..., Any]:
-    where, _, attr = target.rpartition(":")
-    if not where or not attr:
-        raise RewardSpecError(f"reward spec {spec!r}: expected 'pkg.module:fn' or 'path/to/file.py:fn'")
-    if where.endswith(".py") or "/" in where or os.sep in where:
-        module = _import_file(spec, where)
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as exc:
-            raise RewardSpecError(
-                f"reward spec {spec!r}: cannot import module {where!r} ({exc}); check the spelling and "
-                "that it is on PYTHONPATH, or name a file instead: 'path/to/file.py:fn'"
-            ) from exc
     try:
-        fn = getattr(module, attr)
-    except AttributeError:
-        names = [n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n))]
-        near = difflib.get_close_matches(attr, names, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else f"; it defines {sorted(names)[:20]}"
-        raise RewardSpecError(f"reward spec {spec!r}: {where} has no attribute {attr!r}{hint}") from None
-    if not callable(fn):
-        raise RewardSpecError(f"reward spec {spec!r}: {attr!r} is a {type(fn).__name__}, not a function")
-    return fn
-
-
-def _import_file(spec: str, path: str) -> Any:
-    path = os.path.abspath(path)
-    if not os.path.isfile(path):
-        raise RewardSpecError(f"reward spec {spec!r}: file {path} does not exist (relative paths start at {os.getcwd()})")
-    # One module per file path, so loading the same file twice gives the same functions.
-    mod_name = "_reward_file_" + hashlib.sha1(path.encode()).hexdigest()[:12]
-    if mod_name in sys.modules:
-        return sys.modules[mod_name]
-    file_spec = importlib.util.spec_from_file_location(mod_name, path)
-    if file_spec is None or file_spec.loader is None:
-        raise RewardSpecError(f"reward spec {spec!r}: cannot load {path} as a Python module")
-    module = importlib.util.module_from_spec(file_spec)
-    sys.modules[mod_name] = module
-    try:
-        file_spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[mod_name]
-        raise RewardSpecError(f"reward spec {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
-    return module
+        return load_object(target, what="reward spec", shown=spec)
+    except PluginError as exc:
+        raise RewardSpecError(str(exc)) from exc
 
 
 def _signature_info(fn: Callable[..., Any], spec: str) -> tuple[frozenset[str], frozenset[str], bool]:
@@ -235,6 +193,6 @@ def _signature_info(fn: Callable[..., Any], spec: str) -> tuple[frozenset[str], 
 def absolute_spec(spec: str) -> str:
     """The spec with a file path made absolute, so a process with another cwd resolves it alike."""
     where, sep, attr = spec.strip().rpartition(":")
-    if sep and (where.endswith(".py") or "/" in where or os.sep in where):
+    if sep and is_file_spec(where):
         return f"{os.path.abspath(where)}:{attr}"
     return spec.strip()

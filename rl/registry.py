@@ -1,4 +1,4 @@
-"""A tiny decorator registry: name -> callable, one signature per registry.
+"""A tiny decorator registry: name -> callable, one signature per registry, open to plug-ins.
 
     ADVANTAGES = Registry("advantage")
 
@@ -10,12 +10,22 @@
 Registering a name twice is an error (two modules silently overriding each other is a bug, not a
 feature), and `get` of an unknown name lists the names that exist, so a typo in a config key is
 fixed from the error message alone.
+
+Every registry is open: `resolve(spec)` takes a registered name or a plug-in the way reward functions
+are named, `"pkg.module:fn"` (importable) or `"path/to/file.py:fn"` (a file, relative to the working
+directory). `load_object` is that loader, shared with `reward.registry`.
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T", bound=Callable)
 
@@ -59,6 +69,17 @@ class Registry(Generic[T]):
             known = ", ".join(self.names()) or "(none)"
             raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
+    def resolve(self, spec: str) -> T:
+        """A registered name, or a plug-in `pkg.module:fn` / `path/to/file.py:fn` (see `load_object`)."""
+        if isinstance(spec, str) and ":" in spec:
+            return load_object(spec, what=self.kind)
+        if spec not in self._entries:
+            near = difflib.get_close_matches(str(spec), self.names(), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise UnknownNameError(f"unknown {self.kind} {spec!r}; known: {', '.join(self.names())}{hint} (or name "
+                                   "your own function: 'pkg.module:fn' or 'path/to/file.py:fn')")
+        return self._entries[spec]
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 
@@ -74,3 +95,59 @@ class Registry(Generic[T]):
 
 def _qualname(fn: Callable) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+class PluginError(ValueError):
+    """A `pkg.module:fn` / `path/to/file.py:fn` spec that does not name a callable."""
+
+
+def is_file_spec(where: str) -> bool:
+    return where.endswith(".py") or "/" in where or os.sep in where
+
+
+def load_object(spec: str, *, what: str, shown: str | None = None) -> Callable[..., Any]:
+    """The callable `spec` names: "pkg.module:attr" (imported) or "path/to/file.py:attr" (loaded from the
+    file, relative to the working directory; one module per absolute path). PluginError otherwise, with
+    `what` and the spec as written (`shown`) in the message."""
+    shown = spec if shown is None else shown
+    where, _, attr = spec.strip().rpartition(":")
+    if not where or not attr:
+        raise PluginError(f"{what} {shown!r}: expected 'pkg.module:fn' or 'path/to/file.py:fn'")
+    if is_file_spec(where):
+        module = _import_file(where, what, shown)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise PluginError(f"{what} {shown!r}: cannot import module {where!r} ({exc}); check the spelling and "
+                              "that it is on PYTHONPATH, or name a file instead: 'path/to/file.py:fn'") from exc
+    try:
+        fn = getattr(module, attr)
+    except AttributeError:
+        names = [n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n))]
+        near = difflib.get_close_matches(attr, names, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else f"; it defines {sorted(names)[:20]}"
+        raise PluginError(f"{what} {shown!r}: {where} has no attribute {attr!r}{hint}") from None
+    if not callable(fn):
+        raise PluginError(f"{what} {shown!r}: {attr!r} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def _import_file(path: str, what: str, shown: str) -> Any:
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise PluginError(f"{what} {shown!r}: file {path} does not exist (relative paths start at {os.getcwd()})")
+    mod_name = "_plugin_file_" + hashlib.sha1(path.encode()).hexdigest()[:12]
+    if mod_name in sys.modules:  # loading the same file twice gives the same functions
+        return sys.modules[mod_name]
+    file_spec = importlib.util.spec_from_file_location(mod_name, path)
+    if file_spec is None or file_spec.loader is None:
+        raise PluginError(f"{what} {shown!r}: cannot load {path} as a Python module")
+    module = importlib.util.module_from_spec(file_spec)
+    sys.modules[mod_name] = module
+    try:
+        file_spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[mod_name]
+        raise PluginError(f"{what} {shown!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    return module
