@@ -184,9 +184,9 @@ def _create_trainers(cfg: Config, model_path: str, gpu: _GPUs | None = None) -> 
     ranks = [
         ray.remote(TrainerWorker).options(**options(rank)).remote(
             rank, t.num_workers, model_path=model_path, trainer_cfg=asdict(t), model_cfg=asdict(cfg.model),
-            loss_params=cfg.algorithm.loss_params(), temperature=cfg.rollout.temperature,
+            loss=cfg.algorithm.trainer_loss(), temperature=cfg.rollout.temperature,
             need_ref=cfg.algorithm.needs_reference, threads=_threads(t.threads_per_worker, t.num_workers),
-            seed=t.seed, replay_staleness_cap=cfg.algorithm.replay_staleness_cap)
+            seed=t.seed)
         for rank in range(t.num_workers)
     ]
     # rank 0's node hosts the rendezvous; every rank then joins the process group together

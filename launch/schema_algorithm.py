@@ -2,11 +2,11 @@
 
     cfg = AlgorithmConfig()                                   # GRPO advantages, DAPO-style clip-higher loss
     adv = compute_advantages(cfg.advantage.name, rewards, group_ids, **cfg.advantage_params())
-    loss, metrics = policy_loss(logprobs, old, adv, mask, **cfg.loss_params(), global_num_tokens=n)
+    loss, metrics = policy_loss(logprobs, LossInputs(old, adv, mask), cfg.trainer_loss())
     sampler = cfg.dynamic_sampling.build()                    # None when dynamic sampling is off
 
-Defaults live only here (docs/algorithms.md lists them with their papers). They equal the defaults of
-`rl.losses.policy_loss` and `rl.advantages.compute_advantages`: GRPO advantages with verl parity
+Defaults live only here and in `rl.loss_config.LossConfig`, the `loss` section, which the trainer ranks
+receive as it is (docs/algorithms.md lists them with their papers): GRPO advantages with verl parity
 (std ddof=1, eps=1e-6), token-mean loss, clip 0.2/0.28, no dual clip, no KL, no entropy bonus, no TIS.
 Recipes in configs/ state only what differs. Works as an OmegaConf structured config (plain types and
 `X | None` only); `__post_init__` checks every value and says how to fix it.
@@ -14,12 +14,12 @@ Recipes in configs/ state only what differs. Works as an OmegaConf structured co
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, NoReturn
 
 from rl.advantages import ADVANTAGES, SINGLETON_POLICIES, STRATA_SOURCES, advantage_param_names
-from rl.losses import AGG_MODES, KL_ESTIMATORS, RATIO_LEVELS
+from rl.loss_config import LossConfig
 from rl.replay import ReplayBuffer
 from rl.sampling import DynamicSampler
 
@@ -67,60 +67,6 @@ class AdvantageConfig:
                   "reward (the reward function returns a `stratum`), tool_calls, length_bucket or truncated")
         if self.length_bucket_size < 1:
             _fail("advantage.length_bucket_size", self.length_bucket_size, "must be >= 1")
-
-
-@dataclass
-class LossConfig:
-    eps_low: float = 0.2
-    """Lower clip: ratio floor 1 − eps_low for negative advantages (PPO/GRPO 0.2)."""
-    eps_high: float = 0.28
-    """Upper clip: ratio ceiling 1 + eps_high for positive advantages (DAPO clip-higher 0.28; GRPO 0.2)."""
-    clip_ratio_c: float | None = None
-    """Dual-clip bound c > 1 for negative advantages (verl 3.0, DAPO script 10.0); null disables."""
-    loss_agg_mode: str = "token-mean"
-    """token-mean (DAPO), seq-mean-token-mean (DeepSeekMath GRPO), seq-mean-token-sum,
-    seq-mean-token-sum-norm (Dr. GRPO)."""
-    ratio_level: str = "token"
-    """Importance ratio per `token` (PPO/GRPO) or per `sequence` (GSPO: geometric mean over the response)."""
-    kl_coef: float = 0.0
-    """β of the KL-to-reference term added to the loss (DeepSeekMath 0.04, R1-Zero 0.001, DAPO 0);
-    > 0 loads a reference model."""
-    kl_estimator: str = "k3"
-    """KL estimator in the loss: k1, k2, k3 (DeepSeekMath), abs, or straight-through k1+/k2+/k3+
-    (value of kN, gradient of k2)."""
-    entropy_coef: float = 0.0
-    """Entropy bonus coefficient (loss −= coef·entropy); 0 skips the entropy computation."""
-    tis_level: str | None = None
-    """Truncated importance sampling against the rollout engine's log-probs: `token`, `sequence`, or null (off)."""
-    tis_cap: float = 2.0
-    """TIS truncation C: weights min(π_old/π_rollout, C) (verl DAPO-TIS recipe: 2.0)."""
-    loss_scale_factor: float | None = None
-    """Constant divisor S of seq-mean-token-sum-norm (Dr. GRPO: the generation budget); required for that mode."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.eps_low < 1.0:
-            _fail("loss.eps_low", self.eps_low, "must be in [0, 1); 0.2 is standard")
-        if self.eps_high < 0.0:
-            _fail("loss.eps_high", self.eps_high, "must be >= 0; 0.28 (DAPO) or 0.2 (GRPO)")
-        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1.0:
-            _fail("loss.clip_ratio_c", self.clip_ratio_c, "must be > 1 (verl 3.0, DAPO 10.0) or null")
-        if self.loss_agg_mode not in AGG_MODES:
-            _fail("loss.loss_agg_mode", self.loss_agg_mode, f"use one of {', '.join(AGG_MODES)}")
-        if self.ratio_level not in RATIO_LEVELS:
-            _fail("loss.ratio_level", self.ratio_level, "use `token` or `sequence` (GSPO)")
-        if self.kl_coef < 0:
-            _fail("loss.kl_coef", self.kl_coef, "must be >= 0 (0 disables the KL term)")
-        if self.kl_estimator not in KL_ESTIMATORS:
-            _fail("loss.kl_estimator", self.kl_estimator, f"use one of {', '.join(KL_ESTIMATORS)}")
-        if self.tis_level is not None and self.tis_level not in RATIO_LEVELS:
-            _fail("loss.tis_level", self.tis_level, "use `token`, `sequence` or null (off)")
-        if self.tis_cap <= 0:
-            _fail("loss.tis_cap", self.tis_cap, "must be > 0 (2.0 is verl's value)")
-        if self.loss_scale_factor is not None and self.loss_scale_factor <= 0:
-            _fail("loss.loss_scale_factor", self.loss_scale_factor, "must be > 0, e.g. rollout.max_new_tokens")
-        if self.loss_agg_mode == "seq-mean-token-sum-norm" and self.loss_scale_factor is None:
-            _fail("loss.loss_scale_factor", None, "seq-mean-token-sum-norm needs a constant divisor (otherwise it "
-                  "depends on micro-batch padding): set it to the generation budget, e.g. rollout.max_new_tokens")
 
 
 @dataclass
@@ -242,7 +188,8 @@ class ReplayConfig:
     """Replayed fraction of the trained batch in `ratio` mode (ExGRPO experience_ratio 0.5)."""
     staleness_cap: float | None = 2.0
     """C of the decoupled-PPO weight min(π_old/π_rollout, C) on replayed rows (arXiv 2110.00641); null = no
-    correction. With loss.tis_level set, TIS already applies this weight to every row, with loss.tis_cap."""
+    correction. It is TIS on the replayed rows (loss.tis_scope=replayed); with loss.tis_level set, TIS already
+    applies this weight to the rows of loss.tis_scope, with loss.tis_cap."""
     per_beta: float | None = None
     """β of the PER weights (N·P(j))^(−β)/max on replayed rows (arXiv 1511.05952 §3.4); null = off (SSR keeps
     its prioritisation bias on purpose)."""
@@ -298,38 +245,28 @@ class AlgorithmConfig:
         if self.kl_in_reward.enable and self.loss.kl_coef > 0:
             _fail("kl_in_reward.enable", True, "KL is already in the loss (algorithm.loss.kl_coef > 0); use one: "
                   "set loss.kl_coef=0 or kl_in_reward.enable=false")
-        if self.dynamic_sampling.enable and self.dynamic_sampling.carry_surplus and self.loss.tis_level is None:
+        if self.dynamic_sampling.enable and self.dynamic_sampling.carry_surplus and (
+                self.loss.tis_level is None or self.loss.tis_scope != "all"):
             _fail("dynamic_sampling.carry_surplus", True, "carried groups are one policy version old and need an "
                   "off-policy correction: set algorithm.loss.tis_level=token (TIS against their behaviour logprobs), "
                   "or carry_surplus=false to discard the surplus as DAPO does")
         rp = self.replay
+        if self.loss.tis_scope == "replayed" and not rp.enable:
+            _fail("loss.tis_scope", "replayed", "no row is replayed with algorithm.replay.enable=false: use "
+                  "tis_scope=all, or enable replay")
         if rp.enable and self.loss.tis_level is not None and rp.staleness_cap not in (None, self.loss.tis_cap):
             _fail("replay.staleness_cap", rp.staleness_cap, f"TIS is on (loss.tis_level={self.loss.tis_level}) and "
                   f"already weights replayed rows by min(π_old/π_rollout, loss.tis_cap={self.loss.tis_cap}); set "
                   "replay.staleness_cap=null or equal to loss.tis_cap")
 
-    @property
-    def replay_staleness_cap(self) -> float | None:
-        """C of the trainer's extra weight on replayed rows; None when replay is off or TIS covers every row."""
-        if not self.replay.enable or self.loss.tis_level is not None:
-            return None
-        return self.replay.staleness_cap
-
-    def advantage_params(self) -> dict[str, Any]:
-        """Keyword params of `compute_advantages` for `advantage.name` (only those that estimator accepts)."""
-        return {k: getattr(self.advantage, k) for k in advantage_param_names(self.advantage.name)
-                if hasattr(self.advantage, k)}
-
-    def loss_params(self) -> dict[str, Any]:
-        """Keyword params of `policy_loss` (the trainer adds tensors and global counts)."""
-        lc = self.loss
-        return {
-            "eps_low": lc.eps_low, "eps_high": lc.eps_high, "clip_ratio_c": lc.clip_ratio_c,
-            "loss_agg_mode": lc.loss_agg_mode, "ratio_level": lc.ratio_level,
-            "kl_coef": lc.kl_coef, "kl_estimator": lc.kl_estimator, "entropy_coef": lc.entropy_coef,
-            "tis_cap": lc.tis_cap if lc.tis_level is not None else None, "tis_level": lc.tis_level or "token",
-            "loss_scale_factor": lc.loss_scale_factor,
-        }
+    def trainer_loss(self) -> LossConfig:
+        """The loss the trainer ranks run: `loss`, with the replay correction as TIS on the replayed rows
+        (tis_scope=replayed, cap replay.staleness_cap) when replay is on and TIS is off. One importance-weight
+        path serves both (rl.losses.importance_weights)."""
+        rp = self.replay
+        if rp.enable and self.loss.tis_level is None and rp.staleness_cap is not None:
+            return replace(self.loss, tis_level="token", tis_cap=rp.staleness_cap, tis_scope="replayed")
+        return self.loss
 
     @property
     def needs_reference(self) -> bool:

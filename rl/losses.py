@@ -1,16 +1,20 @@
-"""Policy-gradient loss: clipped surrogate (PPO/GRPO/DAPO/GSPO), KL to a reference, entropy bonus,
-truncated importance sampling (TIS), and the loss aggregation modes. Pure torch, no distributed calls.
+"""Policy-gradient loss: clipped surrogate (PPO/GRPO/DAPO/GSPO) or a plug-in per-token term, KL to a
+reference, entropy bonus, truncated importance sampling (TIS), and the loss aggregation modes. Pure torch,
+no distributed calls.
 
-    loss, metrics = policy_loss(logprobs, old_logprobs, advantages, response_mask,
-                                global_num_tokens=n_tok_all_ranks)   # (B, T) inputs -> scalar
+    cfg = LossConfig()                                                  # rl/loss_config.py
+    inputs = LossInputs(old_logprobs, advantages, response_mask, global_num_tokens=n_tok_all_ranks)
+    loss, metrics = policy_loss(logprobs, inputs, cfg)                  # (B, T) inputs -> scalar
     loss.backward()
 
 Layers, each usable on its own (the math, with worked numbers, is in docs/algorithms.md, `algorithm.loss`):
+- `POLICY_TERMS`: per-token policy-gradient terms by name (`ppo_clip`; plug-ins via `cfg.term`).
 - `token_loss_terms`: the per-token loss, elementwise over any shape. The fused kernel in rl/ops
   imports it, so the kernel and `policy_loss` share one definition of the math.
 - `agg_loss`: (B, T) per-token loss + mask -> scalar, four verl modes, exact global normalisers.
-- `kl_penalty`, `tis_weights`: the KL estimators and the rollout/trainer mismatch weights.
-- `policy_loss`: validation + optional GSPO sequence ratio + TIS + the two layers above + metrics.
+- `kl_penalty`, `tis_weights`: the KL estimators and the rollout/trainer mismatch weights;
+  `importance_weights`: the one place that turns them (and PER weights) into the loss's per-token weights.
+- `policy_loss`: validation + optional GSPO sequence ratio + the layers above + `metric_table`.
 
 Distributed convention (read this before writing a trainer): the loss returned for one micro-batch on
 one rank is that micro-batch's SHARE of the global mini-batch loss. With `global_num_tokens` = the
@@ -23,15 +27,25 @@ independently of how the tokens are split. verl instead multiplies by dp_size to
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+from rl.registry import Registry
+
+if TYPE_CHECKING:
+    from rl.loss_config import LossConfig, LossInputs
 
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3", "abs", "k1+", "k2+", "k3+")
 RATIO_LEVELS = ("token", "sequence")
 LOG_RATIO_CLAMP = 20.0  # exp(20) ≈ 4.9e8: keeps ratios finite for very stale tokens (verl)
+POLICY_TERMS: Registry[Callable[..., "Tensor | tuple[Tensor, dict[str, Tensor]]"]] = Registry("policy-loss term")
+register_policy_term = POLICY_TERMS.register
+STAT_KEYS = ("clipped_high", "clipped_low", "dual_clipped")
+"""Per-token 0/1 flags a term may report (logged as actor/pg_clipfrac*); missing ones are zeros."""
 
 
 # --------------------------------------------------------------------------- KL
@@ -68,62 +82,72 @@ def _kl_forward(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tenso
     return (log_ref_over_pi.exp() - log_ref_over_pi - 1.0).clamp(-10.0, 10.0)
 
 
+
 # --------------------------------------------------------------------------- per-token loss
 
 
-def token_loss_terms(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, *,
-    eps_low: float = 0.2, eps_high: float = 0.28, clip_ratio_c: float | None = None,
-    ref_logprobs: Tensor | None = None, kl_coef: float = 0.0, kl_estimator: str = "k3",
-    is_weights: Tensor | None = None, entropy: Tensor | None = None, entropy_coef: float = 0.0,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-token loss L_tok = is_weights * pg_tok + kl_coef * kl_tok - entropy_coef * entropy, all elementwise,
-    same shape as logprobs (advantages already broadcast per token). Returns (L_tok, stats) where stats holds
-    per-token tensors: "pg" (pg_tok), "kl" (kl_tok or zeros), "ratio", "clipped_high", "clipped_low", "dual_clipped"
-    (float 0/1), "log_ratio" — unmasked; the caller masks and reduces.
-
-    pg_tok is verl's `compute_policy_loss_vanilla`: with r = exp(clamp(ℓ^θ − ℓ^old, ±20)),
+@register_policy_term("ppo_clip")
+def ppo_clip(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, cfg: LossConfig) -> tuple[Tensor, dict]:
+    """verl's `compute_policy_loss_vanilla`: with r = exp(clamp(ℓ^θ − ℓ^old, ±20)),
     max(−A·r, −A·clip(r, 1−eps_low, 1+eps_high)) (PPO arXiv 1707.06347 eq. 7; decoupled clip = DAPO
     arXiv 2503.14476 eq. 10), then for A < 0 the dual clip min(·, −A·c) (arXiv 1912.09729 eq. 5).
-    `is_weights` (TIS / replay corrections) are detached. Stats are not detached. Flags: clipped_high =
-    A > 0 and r > 1+eps_high; clipped_low = A < 0 and r < 1−eps_low; dual_clipped = A < 0 and −A·r > −A·c.
-    """
+    Flags: clipped_high = A > 0 and r > 1+eps_high; clipped_low = A < 0 and r < 1−eps_low;
+    dual_clipped = A < 0 and −A·r > −A·c."""
     log_ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = log_ratio.exp()
     pg_unclipped = -advantages * ratio
-    pg_clipped = -advantages * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    pg_clipped = -advantages * ratio.clamp(1.0 - cfg.eps_low, 1.0 + cfg.eps_high)
     use_clipped = pg_clipped > pg_unclipped  # strict: at a tie the unclipped branch carries the gradient
     pg = torch.where(use_clipped, pg_clipped, pg_unclipped)
     dual = torch.zeros_like(use_clipped)
-    if clip_ratio_c is not None:
+    if cfg.clip_ratio_c is not None:
         # A < 0 and r > c: loss capped at |A|·c with zero gradient, so one huge ratio cannot dominate.
-        pg_dual = -advantages * clip_ratio_c
+        pg_dual = -advantages * cfg.clip_ratio_c
         dual = (advantages < 0) & (pg > pg_dual)
         pg = torch.where(dual, pg_dual, pg)
-    loss = pg if is_weights is None else is_weights.detach() * pg
+    return pg, {"ratio": ratio, "log_ratio": log_ratio,
+                "clipped_high": (use_clipped & (advantages > 0)).to(pg.dtype),
+                "clipped_low": (use_clipped & (advantages < 0)).to(pg.dtype), "dual_clipped": dual.to(pg.dtype)}
 
+
+def run_term(cfg: LossConfig, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor) -> tuple[Tensor, dict]:
+    """`cfg.term`'s per-token policy-gradient loss and its stats, with ratio, log_ratio and the STAT_KEYS
+    flags filled in when the term does not report them."""
+    out = POLICY_TERMS.resolve(cfg.term)(logprobs, old_logprobs, advantages, cfg, **cfg.term_params)
+    pg, stats = out if isinstance(out, tuple) else (out, {})
+    if "ratio" not in stats:
+        stats["log_ratio"] = (logprobs - old_logprobs).detach().clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        stats["ratio"] = stats["log_ratio"].exp()
+    for k in STAT_KEYS:
+        stats.setdefault(k, torch.zeros_like(pg))
+    return pg, stats
+
+
+def token_loss_terms(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, cfg: LossConfig, *,
+    ref_logprobs: Tensor | None = None, is_weights: Tensor | None = None, entropy: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token loss L_tok = is_weights * pg_tok + kl_coef * kl_tok - entropy_coef * entropy, all elementwise,
+    same shape as logprobs (advantages already broadcast per token), pg_tok = `cfg.term` (`ppo_clip` by
+    default). Returns (L_tok, stats) where stats holds per-token tensors: "pg", "kl" (kl_tok or zeros),
+    "ratio", "log_ratio", and the STAT_KEYS flags (float 0/1) — unmasked; the caller masks and reduces.
+    `is_weights` (TIS / replay corrections) are detached. Stats are not detached."""
+    pg, stats = run_term(cfg, logprobs, old_logprobs, advantages)
+    loss = pg if is_weights is None else is_weights.detach() * pg
     if ref_logprobs is not None:
-        kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)
-    elif kl_coef != 0.0:
-        raise ValueError(f"kl_coef={kl_coef} needs ref_logprobs (reference-policy log-probs); "
+        kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator)
+    elif cfg.kl_coef != 0.0:
+        raise ValueError(f"kl_coef={cfg.kl_coef} needs ref_logprobs (reference-policy log-probs); "
                          "pass them or set kl_coef=0")
     else:
         kl = torch.zeros_like(pg)
-    if kl_coef != 0.0:
-        loss = loss + kl_coef * kl
-    if entropy_coef != 0.0:
+    if cfg.kl_coef != 0.0:
+        loss = loss + cfg.kl_coef * kl
+    if cfg.entropy_coef != 0.0:
         if entropy is None:
-            raise ValueError(f"entropy_coef={entropy_coef} needs the per-token entropy; pass entropy= or set it to 0")
-        loss = loss - entropy_coef * entropy
-
-    stats = {
-        "pg": pg, "kl": kl, "ratio": ratio, "log_ratio": log_ratio,
-        "clipped_high": (use_clipped & (advantages > 0)).to(pg.dtype),
-        "clipped_low": (use_clipped & (advantages < 0)).to(pg.dtype),
-        "dual_clipped": dual.to(pg.dtype),
-    }
-    return loss, stats
-
+            raise ValueError(f"entropy_coef={cfg.entropy_coef} needs the per-token entropy; pass entropy= or set it to 0")
+        loss = loss - cfg.entropy_coef * entropy
+    return loss, {**stats, "pg": pg, "kl": kl}
 
 # --------------------------------------------------------------------------- aggregation
 
@@ -240,100 +264,95 @@ def _tis_metrics(w: Tensor, log_w: Tensor, cap: float | None) -> dict[str, float
     return dict(zip(names, vals))
 
 
+def importance_weights(inputs: LossInputs, cfg: LossConfig, mask: Tensor) -> tuple[Tensor | None, dict[str, float]]:
+    """The loss's detached per-token weights: `inputs.is_weights` (PER) × the TIS weight min(π_old/π_rollout,
+    tis_cap) on the rows in `cfg.tis_scope` (1 elsewhere), and the TIS metrics over those rows. None when
+    every weight is 1. The one importance-weight path of both loss implementations: TIS against the engine
+    (scope `all`) and the decoupled-PPO staleness weight of replayed rows (scope `replayed`, arXiv 2110.00641)
+    are the same formula. Inputs (B, T) like `mask`, or packed (1, N)."""
+    w = None if inputs.is_weights is None else inputs.is_weights.detach()
+    if cfg.tis_level is None or (cfg.tis_scope == "replayed" and inputs.replayed is None):
+        return w, {}
+    if inputs.rollout_logprobs is None:
+        raise ValueError("TIS is on (loss.tis_level) but rollout_logprobs is None: pass the rollout engine's "
+                         "log-probs, or turn TIS off (config algorithm.loss.tis_level=null)")
+    scope = mask if cfg.tis_scope == "all" else mask * inputs.replayed.to(mask.dtype)
+    tis_w, metrics = tis_weights(inputs.old_logprobs.detach(), inputs.rollout_logprobs, scope,
+                                 level=cfg.tis_level, cap=cfg.tis_cap)
+    if cfg.tis_scope == "replayed":
+        tis_w = torch.where(inputs.replayed, tis_w, torch.ones_like(tis_w))
+    return (tis_w if w is None else w * tis_w), metrics
+
+
 # --------------------------------------------------------------------------- policy loss
 
 
-def policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, response_mask: Tensor, *,
-    eps_low: float = 0.2, eps_high: float = 0.28, clip_ratio_c: float | None = None,
-    loss_agg_mode: str = "token-mean", ratio_level: str = "token",
-    ref_logprobs: Tensor | None = None, kl_coef: float = 0.0, kl_estimator: str = "k3",
-    rollout_logprobs: Tensor | None = None, tis_cap: float | None = None, tis_level: str = "token",
-    is_weights: Tensor | None = None, entropy: Tensor | None = None, entropy_coef: float = 0.0,
-    global_num_tokens: Tensor | float | None = None, global_num_seqs: Tensor | float | None = None,
-    loss_scale_factor: float | None = None,
-) -> tuple[Tensor, dict[str, float]]:
-    """Scalar policy loss for logprobs/old_logprobs/response_mask (B, T), advantages (B,) or (B, T).
-
-    = agg_loss(token_loss_terms(...)) with the GRPO/DAPO pieces: log-ratio clamp ±20,
-    asymmetric clip (eps_low/eps_high), optional dual clip (clip_ratio_c > 1), optional TIS weights
-    (tis_cap with rollout_logprobs; tis_level), extra detached per-token `is_weights` (e.g. replay
-    corrections), KL to ref_logprobs in the loss (kl_coef, kl_estimator), entropy bonus (entropy_coef).
+def policy_loss(logprobs: Tensor, inputs: LossInputs, cfg: LossConfig, *,
+                entropy: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """Scalar policy loss for logprobs (B, T) and `inputs` of the same shape (advantages (B,) or (B, T);
+    `inputs.response_mask` required): agg_loss(token_loss_terms(...)) with `importance_weights` applied.
 
     ratio_level="sequence" is GSPO (arXiv 2507.18071 eq. 7, GSPO-token eq. 13): every token of row i uses
     s_i = exp(mean_t(ℓ^θ − ℓ^old)) with gradient s_i·∇ℓ^θ_t; the paper aggregates with
     "seq-mean-token-mean" and much smaller clip ranges (3e-4 / 4e-4) — set them explicitly.
 
     Global counts and the sum-over-ranks convention: see `agg_loss` and the module docstring.
-    Metrics: loss/* use the same normalisation as the loss (with global counts they are this
+    Metrics (`metric_table`): loss/* use the same normalisation as the loss (with global counts they are this
     micro-batch's share: sum them over micro-batches and ranks); actor/* are masked means over this
     call's valid tokens (weight them by actor/num_tokens when combining).
     """
-    _validate(logprobs, old_logprobs, advantages, response_mask, ref_logprobs=ref_logprobs,
-              rollout_logprobs=rollout_logprobs, entropy=entropy, is_weights=is_weights)
-    check_loss_params(eps_low, eps_high, clip_ratio_c, loss_agg_mode, ratio_level, kl_coef, kl_estimator,
-                      tis_cap, tis_level)
-    mask = response_mask.to(logprobs.dtype)
-    adv = advantages[:, None].expand_as(logprobs) if advantages.dim() == 1 else advantages  # (B, T)
-    old = old_logprobs.detach()
-    if ratio_level == "sequence":
+    if inputs.response_mask is None:
+        raise ValueError("policy_loss: inputs.response_mask is required for (B, T) inputs")
+    _validate(logprobs, inputs, entropy)
+    mask = inputs.response_mask.to(logprobs.dtype)
+    adv = inputs.advantages
+    adv = adv[:, None].expand_as(logprobs) if adv.dim() == 1 else adv  # (B, T)
+    old_logprobs = inputs.old_logprobs.detach()
+    old = old_logprobs
+    if cfg.ratio_level == "sequence":
         # GSPO-token: ℓ^θ − old_eff = sg(mean_t(ℓ^θ − ℓ^old)) + ℓ^θ − sg(ℓ^θ): value = the sequence
         # log-ratio on every token, gradient = 1 w.r.t. each ℓ^θ_t. Reuses token_loss_terms unchanged.
         n_tok = mask.sum(-1).clamp(min=1.0)
         seq_log_ratio = ((logprobs.detach() - old) * mask).sum(-1) / n_tok  # (B,)
         old = logprobs.detach() - seq_log_ratio[:, None]
-
-    weights = None if is_weights is None else is_weights.detach()
-    metrics: dict[str, float] = {}
-    if tis_cap is not None:
-        if rollout_logprobs is None:
-            raise ValueError("tis_cap is set but rollout_logprobs is None: pass the rollout engine's log-probs, "
-                             "or turn TIS off (tis_cap=None; config algorithm.loss.tis_level=null)")
-        tis_w, metrics = tis_weights(old_logprobs.detach(), rollout_logprobs, mask, level=tis_level, cap=tis_cap)
-        weights = tis_w if weights is None else weights * tis_w
-
-    loss_tok, stats = token_loss_terms(
-        logprobs, old, adv, eps_low=eps_low, eps_high=eps_high, clip_ratio_c=clip_ratio_c,
-        ref_logprobs=ref_logprobs, kl_coef=kl_coef, kl_estimator=kl_estimator, is_weights=weights,
-        entropy=entropy, entropy_coef=entropy_coef,
-    )
-    agg_kw: dict[str, Any] = dict(mode=loss_agg_mode, global_num_tokens=global_num_tokens,
-                                  global_num_seqs=global_num_seqs, loss_scale_factor=loss_scale_factor)
-    loss = agg_loss(loss_tok, mask, **agg_kw)
-    metrics.update(_loss_metrics(loss, stats, weights, entropy, logprobs, old_logprobs, mask, agg_kw))
-    return loss, metrics
-
-
-def _loss_metrics(loss: Tensor, stats: dict[str, Tensor], weights: Tensor | None, entropy: Tensor | None,
-                  logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, agg_kw: dict[str, Any]) -> dict[str, float]:
-    """All metrics in one device->host transfer (one sync on GPU)."""
+    weights, tis_metrics = importance_weights(inputs, cfg, mask)
+    loss_tok, stats = token_loss_terms(logprobs, old, adv, cfg, ref_logprobs=inputs.ref_logprobs,
+                                       is_weights=weights, entropy=entropy)
+    agg = dict(mode=cfg.loss_agg_mode, global_num_tokens=inputs.global_num_tokens,
+               global_num_seqs=inputs.global_num_seqs, loss_scale_factor=cfg.loss_scale_factor)
+    loss = agg_loss(loss_tok, mask, **agg)
     with torch.no_grad():
-        n_tok = mask.sum()
-
-        def mmean(x: Tensor) -> Tensor:
-            return (x.detach() * mask).sum() / n_tok.clamp(min=1.0)
-
         pg = stats["pg"].detach() if weights is None else stats["pg"].detach() * weights
         ratio = stats["ratio"].detach()
-        vals = {
-            "loss/total": loss.detach(),
-            "loss/policy": agg_loss(pg, mask, **agg_kw),
-            "loss/kl": agg_loss(stats["kl"].detach(), mask, **agg_kw),
-            "actor/pg_clipfrac": mmean(stats["clipped_high"] + stats["clipped_low"]),
-            "actor/pg_clipfrac_high": mmean(stats["clipped_high"]),
-            "actor/pg_clipfrac_low": mmean(stats["clipped_low"]),
-            "actor/pg_clipfrac_dual": mmean(stats["dual_clipped"]),
-            # verl ppo_kl: mean(ℓ^old − ℓ^θ), the k1 estimate of KL(π_old || π_θ) on the sampled tokens.
-            "actor/approx_kl": mmean(old_logprobs - logprobs),
-            "actor/ratio_mean": mmean(ratio),
-            "actor/ratio_max": _masked_max(ratio, mask),
-            "actor/kl": mmean(stats["kl"]),
-            "actor/num_tokens": n_tok,
-        }
+        per_token = {"pg": pg, "kl": stats["kl"].detach(), "approx_kl": old_logprobs - logprobs.detach(),
+                     "ratio": ratio, **{k: stats[k].detach() for k in STAT_KEYS}}
         if entropy is not None:
-            vals["loss/entropy"] = agg_loss(entropy.detach(), mask, **agg_kw)
-            vals["actor/entropy"] = mmean(entropy)
-        host = torch.stack([v.to(torch.float64).reshape(()) for v in vals.values()]).tolist()
+            per_token["entropy"] = entropy.detach()
+        sums = {k: (v * mask).sum() for k, v in per_token.items()}
+        parts = {k: agg_loss(per_token[k], mask, **agg) for k in ("pg", "kl", "entropy") if k in per_token}
+        metrics = metric_table(loss.detach(), sums, parts, mask.sum(), _masked_max(ratio, mask))
+    return loss, {**tis_metrics, **metrics}
+
+
+def metric_table(loss: Tensor, sums: dict[str, Tensor], parts: dict[str, Tensor], n_tok: Tensor,
+                 ratio_max: Tensor) -> dict[str, float]:
+    """The metrics of one loss call, for both implementations (`policy_loss` and the fused op), in one
+    device->host transfer. `sums`: masked sums over this call's valid tokens of pg, kl, approx_kl
+    (ℓ^old − ℓ^θ, verl ppo_kl: the k1 estimate of KL(π_old‖π_θ)), ratio, the STAT_KEYS flags and, when
+    computed, entropy; `parts`: pg, kl (and entropy) aggregated like the loss; `n_tok`: valid tokens."""
+    local = n_tok.clamp(min=1.0)
+    vals = {
+        "loss/total": loss, "loss/policy": parts["pg"], "loss/kl": parts["kl"],
+        "actor/pg_clipfrac": (sums["clipped_high"] + sums["clipped_low"]) / local,
+        "actor/pg_clipfrac_high": sums["clipped_high"] / local, "actor/pg_clipfrac_low": sums["clipped_low"] / local,
+        "actor/pg_clipfrac_dual": sums["dual_clipped"] / local, "actor/approx_kl": sums["approx_kl"] / local,
+        "actor/ratio_mean": sums["ratio"] / local, "actor/ratio_max": ratio_max, "actor/kl": sums["kl"] / local,
+        "actor/num_tokens": n_tok,
+    }
+    if "entropy" in parts:
+        vals["loss/entropy"] = parts["entropy"]
+        vals["actor/entropy"] = sums["entropy"] / local
+    host = torch.stack([v.to(torch.float64).reshape(()) for v in vals.values()]).tolist()
     return dict(zip(vals.keys(), host))
 
 
@@ -344,22 +363,23 @@ def _masked_max(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask != 0, x, torch.zeros_like(x)).max()
 
 
-def _validate(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, response_mask: Tensor,
-              **optional: Tensor | None) -> None:
+def _validate(logprobs: Tensor, inputs: LossInputs, entropy: Tensor | None) -> None:
     """Shapes must match (B, T); every float input must be finite everywhere (padding included: a NaN
     at a masked position still poisons a sum or a gradient)."""
     if logprobs.dim() != 2:
         raise ValueError(f"policy_loss: logprobs must be (B, T), got shape {tuple(logprobs.shape)}")
     shape = tuple(logprobs.shape)
-    named = {"old_logprobs": old_logprobs, "response_mask": response_mask, **optional}
+    named = {"old_logprobs": inputs.old_logprobs, "response_mask": inputs.response_mask,
+             "ref_logprobs": inputs.ref_logprobs, "rollout_logprobs": inputs.rollout_logprobs,
+             "is_weights": inputs.is_weights, "replayed": inputs.replayed, "entropy": entropy}
     for name, t in named.items():
         if t is not None and tuple(t.shape) != shape:
             raise ValueError(f"policy_loss: {name} has shape {tuple(t.shape)}, expected {shape} like logprobs")
-    if tuple(advantages.shape) not in (shape, shape[:1]):
-        raise ValueError(f"policy_loss: advantages has shape {tuple(advantages.shape)}, "
+    if tuple(inputs.advantages.shape) not in (shape, shape[:1]):
+        raise ValueError(f"policy_loss: advantages has shape {tuple(inputs.advantages.shape)}, "
                          f"expected {shape[:1]} or {shape}")
-    floats = {"logprobs": logprobs, "old_logprobs": old_logprobs, "advantages": advantages,
-              "response_mask": response_mask, **{k: v for k, v in optional.items() if v is not None}}
+    floats = {"logprobs": logprobs, "advantages": inputs.advantages,
+              **{k: v for k, v in named.items() if v is not None and v.is_floating_point()}}
     finite = torch.stack([torch.isfinite(t.detach()).all() for t in floats.values()]).tolist()
     for (name, t), ok in zip(floats.items(), finite):
         if not ok:
@@ -369,24 +389,3 @@ def _validate(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, respon
                 f"{tuple(bad[0].tolist())}; padding positions must hold finite values (e.g. 0), and a NaN in a "
                 "valid position means the upstream forward pass or rollout engine produced it"
             )
-
-
-def check_loss_params(eps_low: float, eps_high: float, clip_ratio_c: float | None, mode: str, ratio_level: str,
-                      kl_coef: float, kl_estimator: str, tis_cap: float | None, tis_level: str) -> None:
-    """Raise ValueError naming the loss parameter that is out of range (shared by rl.ops.fused_loss)."""
-    if not 0.0 <= eps_low < 1.0 or eps_high < 0.0:
-        raise ValueError(f"clip range: need 0 <= eps_low < 1 and eps_high >= 0, got {eps_low}, {eps_high}")
-    if clip_ratio_c is not None and clip_ratio_c <= 1.0:
-        raise ValueError(f"clip_ratio_c={clip_ratio_c}: the dual-clip bound must be > 1 (verl 3.0, DAPO 10.0) or None")
-    if mode not in AGG_MODES:
-        raise ValueError(f"unknown loss_agg_mode {mode!r}; use one of {', '.join(AGG_MODES)}")
-    if ratio_level not in RATIO_LEVELS:
-        raise ValueError(f"ratio_level={ratio_level!r}: use 'token' (PPO/GRPO) or 'sequence' (GSPO)")
-    if kl_coef < 0:
-        raise ValueError(f"kl_coef={kl_coef} must be >= 0")
-    if kl_estimator not in KL_ESTIMATORS:
-        raise ValueError(f"unknown kl_estimator {kl_estimator!r}; use one of {', '.join(KL_ESTIMATORS)}")
-    if tis_level not in RATIO_LEVELS:
-        raise ValueError(f"tis_level={tis_level!r}: use 'token' or 'sequence'")
-    if tis_cap is not None and tis_cap <= 0:
-        raise ValueError(f"tis_cap={tis_cap} must be > 0 (2.0 in verl's DAPO-TIS recipe) or None")

@@ -14,15 +14,16 @@ The LM head is invoked through its own module call so that ZeRO-3's gather hooks
 from __future__ import annotations
 
 import types
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from rl.batch import MicroBatch, unpack
+from rl.loss_config import LossConfig, LossInputs
 from rl.losses import kl_penalty, policy_loss
 from rl.ops import fused_policy_loss, token_logprobs_entropy
-from rl.replay import staleness_weights
 
 
 class PolicyModule(nn.Module):
@@ -57,9 +58,8 @@ class PolicyModule(nn.Module):
             head.forward = original
 
     def forward(self, mb: MicroBatch, *, mode: str, temperature: float, loss_path: str = "fused",
-                loss_params: dict | None = None, ref_logprobs: torch.Tensor | None = None,
-                global_num_tokens: float | None = None, global_num_seqs: float | None = None,
-                replay_staleness_cap: float | None = None):
+                loss: LossConfig | None = None, ref_logprobs: torch.Tensor | None = None,
+                global_num_tokens: float | None = None, global_num_seqs: float | None = None):
         temperature = temperature / self.logit_scale
         hidden = self.hidden_states(mb)
         if mb.num_tokens == 0:
@@ -71,71 +71,42 @@ class PolicyModule(nn.Module):
         if mode == "logprobs":
             return self._call_head(lambda h, w: token_logprobs_entropy(
                 h, w, mb.targets, temperature=temperature, with_entropy=False)[0], hidden)
-        params = dict(loss_params or {})
+        if loss is None:
+            raise ValueError("PolicyModule(mode='loss') needs loss=LossConfig(...)")
+        inputs = LossInputs(mb.old_logprobs, mb.advantages, rollout_logprobs=mb.rollout_logprobs,
+                            ref_logprobs=ref_logprobs, is_weights=mb.is_weights, replayed=mb.replayed,
+                            global_num_tokens=global_num_tokens, global_num_seqs=global_num_seqs)
         # the fused op covers the token-mean loss with token-level ratios and TIS weights; the rest is exact
         # through the chunked logprob op + policy_loss
-        fusable = (params.get("loss_agg_mode", "token-mean") == "token-mean" and params.get("ratio_level", "token") == "token"
-                   and (params.get("tis_cap") is None or params.get("tis_level", "token") == "token"))
-        if loss_path == "fused" and fusable:
-            return self._call_head(lambda h, w: self._fused_loss(h, w, mb, temperature, params, ref_logprobs,
-                                                                 global_num_tokens, replay_staleness_cap), hidden)
-        need_entropy = True  # entropy is a logged metric; the fused path computes it only when its coef needs it
+        if loss_path == "fused" and loss.fusable:
+            return self._call_head(lambda h, w: self._fused_loss(h, w, mb, temperature, inputs, loss), hidden)
+        # entropy is always computed: a logged metric (clip-higher exists to keep it from collapsing)
         if loss_path == "naive":
             logprobs, entropy = self._call_head(lambda h, w: naive_logprobs_entropy(h, w, mb.targets, temperature), hidden)
         else:
             logprobs, entropy = self._call_head(lambda h, w: token_logprobs_entropy(
-                h, w, mb.targets, temperature=temperature, with_entropy=need_entropy), hidden)
-        return self._unfused_loss(logprobs, entropy, mb, params, ref_logprobs, global_num_tokens, global_num_seqs,
-                                  replay_staleness_cap)
+                h, w, mb.targets, temperature=temperature, with_entropy=True), hidden)
+        return self._unfused_loss(logprobs, entropy, mb, inputs, loss)
 
-    def _fused_loss(self, h, w, mb: MicroBatch, temperature, params, ref_logprobs, global_num_tokens, replay_cap):
-        params = {k: v for k, v in params.items() if k not in ("loss_agg_mode", "ratio_level", "loss_scale_factor")}
-        old, parity = mb.old_logprobs, {}
-        if old is None:  # single update per batch: the proximal policy is the current one
+    def _fused_loss(self, h, w, mb: MicroBatch, temperature, inputs: LossInputs, loss: LossConfig):
+        parity = {}
+        if inputs.old_logprobs is None:  # single update per batch: the proximal policy is the current one
             with torch.no_grad():
                 old, _ = token_logprobs_entropy(h, w, mb.targets, temperature=temperature, with_entropy=False)
-            parity = parity_sums(old, mb.rollout_logprobs, mb.replayed)
-        if params.get("tis_cap") is None:
-            params.pop("tis_level", None)
-        is_w, replay_metrics = sample_weights(mb, old, replay_cap)
-        # entropy is always computed (a logged metric: clip-higher exists to keep it from collapsing)
-        loss, metrics = fused_policy_loss(h, w, mb.targets, old, mb.advantages, temperature=temperature,
-                                          global_num_tokens=global_num_tokens, ref_logprobs=ref_logprobs,
-                                          rollout_logprobs=mb.rollout_logprobs, is_weights=is_w,
-                                          compute_entropy=True, **params)
-        return loss, {**metrics, **replay_metrics, **parity}
+            inputs, parity = replace(inputs, old_logprobs=old), parity_sums(old, mb.rollout_logprobs, mb.replayed)
+        out, metrics = fused_policy_loss(h, w, mb.targets, inputs, loss, temperature=temperature, compute_entropy=True)
+        return out, {**metrics, **parity}
 
-    def _unfused_loss(self, logprobs, entropy, mb: MicroBatch, params, ref_logprobs, global_num_tokens,
-                      global_num_seqs, replay_cap):
+    def _unfused_loss(self, logprobs, entropy, mb: MicroBatch, inputs: LossInputs, loss: LossConfig):
         rows = mb.input_ids.shape[0]
-        is_w, replay_metrics = sample_weights(mb, logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs,
-                                              replay_cap)
+        parity = {}
+        if inputs.old_logprobs is None:
+            inputs, parity = (replace(inputs, old_logprobs=logprobs.detach()),
+                              parity_sums(logprobs.detach(), mb.rollout_logprobs, mb.replayed))
         lp, mask = unpack(logprobs, mb.seq_index, rows)  # (b, T)
-        old = lp.detach() if mb.old_logprobs is None else unpack(mb.old_logprobs, mb.seq_index, rows)[0]
-        adv = unpack(mb.advantages, mb.seq_index, rows)[0]
-        extra = {
-            "rollout_logprobs": unpack(mb.rollout_logprobs, mb.seq_index, rows)[0],
-            "ref_logprobs": None if ref_logprobs is None else unpack(ref_logprobs, mb.seq_index, rows)[0],
-            "entropy": None if entropy is None else unpack(entropy, mb.seq_index, rows)[0],
-        }
-        if is_w is not None:
-            extra["is_weights"] = unpack(is_w, mb.seq_index, rows)[0]
-        loss, metrics = policy_loss(lp, old, adv, mask, global_num_tokens=global_num_tokens,
-                                    global_num_seqs=global_num_seqs, **extra, **params)
-        parity = parity_sums(logprobs.detach(), mb.rollout_logprobs, mb.replayed) if mb.old_logprobs is None else {}
-        return loss, {**metrics, **replay_metrics, **parity}
-
-
-def sample_weights(mb: MicroBatch, old: torch.Tensor, replay_cap: float | None) -> tuple[torch.Tensor | None, dict]:
-    """(n,) detached per-token weights: Sample.is_weight (PER) × min(π_old/π_rollout, C) on replayed tokens
-    (decoupled PPO, arXiv 2110.00641; rl/replay.py). None when every weight is 1."""
-    w, metrics = mb.is_weights, {}
-    if mb.replayed is not None and replay_cap is not None:
-        sw, metrics = staleness_weights(old.detach()[None], mb.rollout_logprobs[None],
-                                        mb.replayed[None].to(old.dtype), cap=replay_cap)
-        stale = torch.where(mb.replayed, sw[0], torch.ones_like(sw[0]))
-        w = stale if w is None else w * stale
-    return w, metrics
+        inputs = replace(inputs.map(lambda t: unpack(t, mb.seq_index, rows)[0]), response_mask=mask)
+        out, metrics = policy_loss(lp, inputs, loss, entropy=unpack(entropy, mb.seq_index, rows)[0])
+        return out, {**metrics, **parity}
 
 
 PARITY_KEYS = ("parity/count", "parity/abs_sum", "parity/k3_sum", "parity/abs_max")

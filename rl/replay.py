@@ -8,9 +8,8 @@ the trainer applies the weights.
     n_eff = sum(1 for s in batch if s.advantage)             # SSR's |D_eff|
     replayed, probs = buffer.sample(topup_count(len(batch), n_eff), rng, current_version=version)
     u = per_weights(probs, len(buffer), beta=0.4)            # optional PER correction, (n,)
-    # trainer, per micro-batch, once old logprobs are known (decoupled PPO):
-    w, metrics = staleness_weights(old_logprobs, rollout_logprobs, replay_mask, cap=2.0)   # (B, T)
-    loss, _ = policy_loss(..., is_weights=u[:, None] * w)
+    # trainer, per micro-batch, once old logprobs are known (decoupled PPO): the TIS weight on replayed rows,
+    # LossConfig(tis_level="token", tis_scope="replayed") in rl.losses.importance_weights, times u
 
 Sources:
 - Selective Sample Replay, SSR (VL-Rethinker, arXiv 2504.08837, §3 and Algorithm 1): keep only samples
@@ -35,7 +34,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rl.losses import RATIO_LEVELS, tis_weights
 from rl.types import Sample
 
 STATE_FORMAT = 1
@@ -289,58 +287,17 @@ def per_weights(probs: Tensor, buffer_size: int, beta: float) -> Tensor:
     return u / u.max()
 
 
-def staleness_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, cap: float | None = 2.0, *,
-                      level: str = "token") -> tuple[Tensor, dict[str, float]]:
-    """Decoupled-PPO weights for replayed rows (Hilton et al., arXiv 2110.00641; the TIS formula):
-    w_t = min(exp(ℓ^old_t − ℓ^μ_t), C), detached, zero at masked tokens, (B, T) like the inputs.
-
-    ℓ^μ are the rollout-engine logprobs stored with the sample, ℓ^old the proximal policy's logprobs
-    recomputed by the trainer at the start of the update; the PPO clip then acts on π_θ/π_old. The ratio
-    math is `rl.losses.tis_weights` (log-ratio clamp ±20, `level` "token" or "sequence"); this adds the
-    replay metrics, measured BEFORE truncation over the units (valid tokens, or non-empty rows):
-    replay/ess = (Σw)²/Σw² (a count), replay/ess_frac = ess / n, replay/truncated_frac = share with w > C,
-    replay/log_ratio_abs_mean = mean |log w|. Pass `mask` = the replayed rows' response mask.
-    """
-    if level not in RATIO_LEVELS:
-        raise ValueError(f"staleness_weights: level={level!r}; use 'token' or 'sequence'")
-    if cap is not None and cap <= 0:
-        raise ValueError(f"staleness_weights: cap={cap} must be > 0 (2.0 as verl's TIS) or None (no truncation)")
-    raw, _ = tis_weights(old_logprobs, rollout_logprobs, mask, level=level, cap=None)
-    valid = mask != 0
-    if level == "token":
-        units = raw[valid]
-    else:  # the row's weight sits on each of its valid tokens (w > 0 there, 0 at padding)
-        units = raw.amax(-1)[valid.any(-1)]
-    metrics = _weight_stats(units, cap)
-    return (raw if cap is None else raw.clamp(max=cap)), metrics
-
-
-def _weight_stats(w: Tensor, cap: float | None) -> dict[str, float]:
-    n = w.numel()
-    if n == 0:
-        return {"replay/ess": 0.0, "replay/ess_frac": 1.0, "replay/truncated_frac": 0.0,
-                "replay/log_ratio_abs_mean": 0.0}
-    w = w.detach().to(torch.float64)
-    ess = w.sum().square() / w.square().sum()
-    trunc = (w > cap).to(w.dtype).mean() if cap is not None else w.new_zeros(())
-    ess, ess_frac, trunc, log_abs = torch.stack([ess, ess / n, trunc, w.log().abs().mean()]).tolist()
-    return {"replay/ess": ess, "replay/ess_frac": ess_frac, "replay/truncated_frac": trunc,
-            "replay/log_ratio_abs_mean": log_abs}
-
-
 # --------------------------------------------------------------------------- metrics and RNG
 
 
 def replay_metrics(buffer: ReplayBuffer, replayed: Sequence[Sample], *, n_batch: int, current_version: int,
-                   n_requested: int | None = None, weights: Tensor | None = None,
-                   cap: float | None = None) -> dict[str, float]:
+                   n_requested: int | None = None) -> dict[str, float]:
     """Driver-side replay metrics for one step.
 
     replay/size (entries after sampling), replay/fraction = replayed / n_batch (the trained batch, replayed
     rows included), replay/mean_staleness = mean(v_now − v_gen) over the draws, replay/shortfall =
-    n_requested − drawn, replay/admitted_total, replay/evicted_total. With `weights` (untruncated per-unit
-    importance weights, 1-D) also replay/ess = (Σw)²/Σw², replay/ess_frac, replay/truncated_frac (w > cap)
-    and replay/log_ratio_abs_mean, as `staleness_weights` reports them on the trainer.
+    n_requested − drawn, replay/admitted_total, replay/evicted_total. The trainer reports the importance
+    weights of replayed rows as actor/tis_* (rl.losses.importance_weights, tis_scope=replayed).
     """
     counts = buffer.counters
     staleness = [current_version - s.policy_version for s in replayed]
@@ -353,8 +310,6 @@ def replay_metrics(buffer: ReplayBuffer, replayed: Sequence[Sample], *, n_batch:
     }
     if n_requested is not None:
         out["replay/shortfall"] = float(n_requested - len(replayed))
-    if weights is not None:
-        out.update(_weight_stats(torch.as_tensor(weights).reshape(-1), cap))
     return out
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from rl.batch import MicroBatch, collate, split_by_token_budget
+from rl.loss_config import LossConfig
 from rl.policy import PARITY_KEYS, PolicyModule, parity_sums
 from rl.types import Sample
 from rl.weight_sync import Deadline, WeightPublisher, full_state_dict, gather_buckets
@@ -32,16 +33,14 @@ from rl.weight_sync import Deadline, WeightPublisher, full_state_dict, gather_bu
 
 class TrainerWorker:
     def __init__(self, rank: int, world_size: int, *, model_path: str, trainer_cfg: dict, model_cfg: dict,
-                 loss_params: dict, temperature: float, need_ref: bool, threads: int, seed: int,
-                 replay_staleness_cap: float | None = None):
+                 loss: LossConfig, temperature: float, need_ref: bool, threads: int, seed: int):
         if threads > 0:
             torch.set_num_threads(threads)
         self.rank, self.world_size = rank, world_size
-        self.replay_cap = replay_staleness_cap  # C on replayed rows (None: off, or TIS already covers them)
         self.publisher: WeightPublisher | None = None  # a GPU weight transport, once connect_rollout ran
         self.receivers: _RayReceivers | None = None
         self._init_args = dict(model_path=model_path, trainer_cfg=trainer_cfg, model_cfg=model_cfg,
-                               loss_params=loss_params, temperature=temperature, need_ref=need_ref, seed=seed)
+                               loss=loss, temperature=temperature, need_ref=need_ref, seed=seed)
 
     def rendezvous_address(self) -> tuple[str, int]:
         """This node's IP and a free port: rank 0 hosts the torch.distributed rendezvous."""
@@ -55,7 +54,7 @@ class TrainerWorker:
         return self.rank
 
     def _setup(self, master_addr: str, master_port: int, *, model_path: str, trainer_cfg: dict, model_cfg: dict,
-               loss_params: dict, temperature: float, need_ref: bool, seed: int) -> None:
+               loss: LossConfig, temperature: float, need_ref: bool, seed: int) -> None:
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
         if master_addr.startswith("127."):  # loopback cluster: keep gloo's pair sockets on loopback too
@@ -64,7 +63,7 @@ class TrainerWorker:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.cfg = trainer_cfg
-        self.loss_params, self.temperature = loss_params, temperature
+        self.loss, self.temperature = loss, temperature
         self.zero_stage = trainer_cfg["zero_stage"]
         use_cuda = torch.cuda.is_available() and trainer_cfg.get("gpus_per_worker", 0) > 0
         deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", auto_mpi_discovery=False)
@@ -111,7 +110,7 @@ class TrainerWorker:
         # on (its per-token term is -0·ratio whatever the ratio, clip or TIS weight). Its tokens still count in
         # the global token/sequence totals, so the normalisation is unchanged; it just skips forward/backward.
         # All-correct/all-wrong GRPO groups make this a large saving early in training.
-        skip_zero = self.loss_params.get("kl_coef", 0.0) == 0 and self.loss_params.get("entropy_coef", 0.0) == 0
+        skip_zero = self.loss.zero_advantage_is_zero
         trained = [c and not (skip_zero and s.advantage == 0) for c, s in zip(counted, samples)]
         minis = [m for m in split_even(list(range(len(samples))), num_mini_batches) if m]  # no empty update
         shards = [mini[self.rank::self.world_size] for mini in minis]
@@ -160,9 +159,8 @@ class TrainerWorker:
             ref = self._ref_logprobs(mb)
             loss, metrics = self.engine(mb, mode="loss", temperature=self.temperature,
                                         loss_path="fused" if self.cfg["fused_loss"] else "naive",
-                                        loss_params=self.loss_params, ref_logprobs=ref,
-                                        global_num_tokens=n_tok, global_num_seqs=n_seq,
-                                        replay_staleness_cap=self.replay_cap)
+                                        loss=self.loss, ref_logprobs=ref,
+                                        global_num_tokens=n_tok, global_num_seqs=n_seq)
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
             if mb.num_tokens:
                 records.append({k: float(v) for k, v in metrics.items()})

@@ -1,8 +1,7 @@
 """Fused linear -> token-mean policy loss: value AND gradients in one chunked forward pass.
 
-    loss, metrics = fused_policy_loss(hidden, lm_head.weight, targets, old_logprobs, advantages,
-                                      response_mask=mask, global_num_tokens=n_tok_all_ranks,
-                                      eps_low=0.2, eps_high=0.28, kl_coef=0.001, ref_logprobs=ref)
+    inputs = LossInputs(old_logprobs, advantages, mask, ref_logprobs=ref, global_num_tokens=n_tok_all_ranks)
+    loss, metrics = fused_policy_loss(hidden, lm_head.weight, targets, inputs, LossConfig(kl_coef=0.001))
     loss.backward()   # returns the gradients computed in the forward, times the upstream scale
 
 Why it is exact: with the global token count fixed, the token-mean loss Σ_i L_tok,i·m_i / N_tok is a sum
@@ -10,7 +9,8 @@ of per-token terms, so each chunk's contribution to the value and to dL/dh, dL/d
 that chunk's log-probs (and entropy) are known (the "gradient in forward" design of Liger-Kernel's
 `LigerFusedLinearGRPOLoss`). Per chunk: logits z (V, n) are computed once and kept; per-token lse/entropy
 come from them; d(loss)/d(logprob) and d(loss)/d(entropy) come from autograd over `rl.losses.token_loss_terms`
-(the one definition of the clip / dual-clip / KL / entropy / TIS math, shared with `policy_loss`);
+(the one definition of the per-token term / KL / entropy math, shared with `policy_loss`, so a plug-in
+term runs fused too; importance weights and metrics come from the same functions as well);
 the chain rule into z, h and W is the backward of docs/fused_ops.md, "The math". The torch path never
 recomputes logits (3 GEMMs per token instead of 4); the Triton path recomputes them once inside the forward.
 
@@ -28,7 +28,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from rl.losses import check_loss_params, tis_weights, token_loss_terms
+from rl.loss_config import LossConfig, LossInputs
+from rl.losses import importance_weights, metric_table, token_loss_terms
 from rl.ops.logprob import _operands, resolve_impl, triton_grads, triton_stats
 from rl.ops.reference import acc_dtype, add_onehot_grad, check_inputs, chunk_grad, chunk_stats, target_logits
 
@@ -37,7 +38,7 @@ KEEP_BUDGET_BYTES = 256 << 20
 MAX_CHUNK_TOKENS = 512
 """Beyond ~512 tokens the CPU GEMMs gain nothing, so small vocabularies keep a smaller buffer."""
 UNFUSED_HINT = "use the unfused path (trainer.fused_loss=false: token_logprobs_entropy + rl.losses.policy_loss)"
-_SUMS = ("loss", "pg", "kl", "entropy", "clip_high", "clip_low", "dual", "approx_kl", "ratio")
+_SUMS = ("loss", "pg", "kl", "entropy", "clipped_high", "clipped_low", "dual_clipped", "approx_kl", "ratio")
 
 
 @dataclass
@@ -60,12 +61,12 @@ def _token_loss(plan: _Plan, logp: Tensor, ent: Tensor | None, tok: _Tokens,
                 need_grad: bool) -> tuple[Tensor | None, Tensor | None]:
     """d(loss)/d(logprob), d(loss)/d(entropy) of one chunk by autograd over token_loss_terms; adds the
     chunk's masked sums (order: _SUMS) to plan.sums and updates plan.ratio_max."""
-    ent_in_loss = plan.kw["entropy_coef"] != 0.0
+    ent_in_loss = plan.cfg.entropy_coef != 0.0
     with torch.enable_grad():
         lp = logp.detach().requires_grad_(need_grad)
         en = None if ent is None else ent.detach().requires_grad_(need_grad and ent_in_loss)
-        loss_tok, st = token_loss_terms(lp, tok.old, tok.adv, ref_logprobs=tok.ref, is_weights=tok.weights,
-                                        entropy=en if ent_in_loss else None, **plan.kw)
+        loss_tok, st = token_loss_terms(lp, tok.old, tok.adv, plan.cfg, ref_logprobs=tok.ref, is_weights=tok.weights,
+                                        entropy=en if ent_in_loss else None)
         part = (loss_tok * tok.m).sum() / plan.denom  # this chunk's share of Σ L·m / N_tok
         g_lp = g_ent = None
         if need_grad:
@@ -86,7 +87,7 @@ def _token_loss(plan: _Plan, logp: Tensor, ent: Tensor | None, tok: _Tokens,
 
 @dataclass
 class _Plan:
-    """One fused_policy_loss call: valid rows, per-token inputs, loss params; `run` does the work."""
+    """One fused_policy_loss call: valid rows, per-token inputs, loss config; `run` does the work."""
 
     impl: str
     hidden: Tensor  # (N, H) as given: its gradient has this shape and dtype
@@ -94,7 +95,7 @@ class _Plan:
     h: Tensor  # (n, H) valid rows only
     rows: Tensor | None  # their indices in hidden, None = all rows
     tok: _Tokens
-    kw: dict
+    cfg: LossConfig
     denom: Tensor  # clamp(global_num_tokens or local Σ m, 1)
     inv_t: float
     chunk: int
@@ -187,19 +188,15 @@ def _per_token(N: int, **tensors: Tensor | None) -> None:
                              "pass flattened valid tokens (or a response_mask)")
 
 
-def _check_fused_params(loss_agg_mode: str, ratio_level: str, tis_level: str, tis_cap: float | None,
-                        rollout_logprobs: Tensor | None) -> None:
-    if loss_agg_mode != "token-mean":
-        raise ValueError(f"fused_policy_loss supports loss_agg_mode='token-mean' only, got {loss_agg_mode!r}: "
+def _check_fused_params(cfg: LossConfig) -> None:
+    if cfg.loss_agg_mode != "token-mean":
+        raise ValueError(f"fused_policy_loss supports loss_agg_mode='token-mean' only, got {cfg.loss_agg_mode!r}: "
                          f"{UNFUSED_HINT}")
-    if ratio_level != "token":
-        raise ValueError(f"fused_policy_loss: ratio_level={ratio_level!r} (GSPO sequence ratio) needs whole "
+    if cfg.ratio_level != "token":
+        raise ValueError(f"fused_policy_loss: ratio_level={cfg.ratio_level!r} (GSPO sequence ratio) needs whole "
                          f"sequences before any token's gradient: {UNFUSED_HINT}")
-    if tis_cap is not None and tis_level != "token":
-        raise ValueError(f"fused_policy_loss: tis_level={tis_level!r} needs whole sequences: {UNFUSED_HINT}")
-    if tis_cap is not None and rollout_logprobs is None:
-        raise ValueError("tis_cap is set but rollout_logprobs is None: pass the rollout engine's log-probs, "
-                         "or turn TIS off (tis_cap=None)")
+    if not cfg.fusable:
+        raise ValueError(f"fused_policy_loss: tis_level={cfg.tis_level!r} needs whole sequences: {UNFUSED_HINT}")
 
 
 def _select_tokens(hidden: Tensor, targets: Tensor, mask: Tensor | None, per_token: dict[str, Tensor | None],
@@ -215,79 +212,53 @@ def _select_tokens(hidden: Tensor, targets: Tensor, mask: Tensor | None, per_tok
     return pick(hidden), rows, tok
 
 
-def _metrics(plan: _Plan, n_tok: Tensor, tis_metrics: dict[str, float]) -> dict[str, float]:
-    """policy_loss's metric names and normalisations (loss/*: / N_tok like the loss; actor/*: local means)."""
-    s, denom, ratio_max = dict(zip(_SUMS, plan.sums)), plan.denom, plan.ratio_max
-    local = n_tok.clamp(min=1.0)
-    vals = {
-        "loss/total": s["loss"] / denom, "loss/policy": s["pg"] / denom, "loss/kl": s["kl"] / denom,
-        "actor/pg_clipfrac": (s["clip_high"] + s["clip_low"]) / local,
-        "actor/pg_clipfrac_high": s["clip_high"] / local, "actor/pg_clipfrac_low": s["clip_low"] / local,
-        "actor/pg_clipfrac_dual": s["dual"] / local, "actor/approx_kl": s["approx_kl"] / local,
-        "actor/ratio_mean": s["ratio"] / local, "actor/ratio_max": ratio_max, "actor/kl": s["kl"] / local,
-        "actor/num_tokens": n_tok,
-    }
-    if plan.with_ent:
-        vals["loss/entropy"] = s["entropy"] / denom
-        vals["actor/entropy"] = s["entropy"] / local
-    host = torch.stack([v.to(torch.float64).reshape(()) for v in vals.values()]).tolist()  # one sync
-    return {**tis_metrics, **dict(zip(vals.keys(), host))}
+def _metrics(plan: _Plan, n_tok: Tensor) -> dict[str, float]:
+    """`rl.losses.metric_table` from the chunks' sums (loss/*: / N_tok like the loss; actor/*: local means)."""
+    s = dict(zip(_SUMS, plan.sums))
+    parts = {k: s[k] / plan.denom for k in ("pg", "kl", "entropy") if k != "entropy" or plan.with_ent}
+    return metric_table(s["loss"] / plan.denom, s, parts, n_tok, plan.ratio_max)
 
 
 def fused_policy_loss(
-    hidden: Tensor, weight: Tensor, targets: Tensor, old_logprobs: Tensor, advantages: Tensor, *,
-    temperature: float = 1.0, global_num_tokens: Tensor | float | None = None, impl: str = "auto",
-    response_mask: Tensor | None = None, chunk_size: int | None = None, compute_entropy: bool = False,
-    eps_low: float = 0.2, eps_high: float = 0.28, clip_ratio_c: float | None = None,
-    loss_agg_mode: str = "token-mean", ratio_level: str = "token",
-    ref_logprobs: Tensor | None = None, kl_coef: float = 0.0, kl_estimator: str = "k3",
-    rollout_logprobs: Tensor | None = None, tis_cap: float | None = None, tis_level: str = "token",
-    is_weights: Tensor | None = None, entropy_coef: float = 0.0,
+    hidden: Tensor, weight: Tensor, targets: Tensor, inputs: LossInputs, cfg: LossConfig, *,
+    temperature: float = 1.0, impl: str = "auto", chunk_size: int | None = None, compute_entropy: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
     """Token-mean policy loss straight from hidden states: (scalar loss, metrics).
 
     hidden (N, H) final hidden states of the response tokens, weight (V, H) LM head (tied embeddings
-    are fine: autograd adds this op's dW to the embedding's), targets (N,) sampled token ids; per-token
-    (N,) old_logprobs, advantages, and optional response_mask, ref_logprobs, rollout_logprobs,
-    is_weights (detached). global_num_tokens = valid tokens of the whole mini-batch over all micro-batches
-    and ranks (default: the local Σ response_mask); the result is Σ_local L_tok·m / global_num_tokens.
-    Loss params are rl.losses.policy_loss's (loss_agg_mode must be "token-mean", ratio_level and
-    tis_level "token"). Entropy is computed only when entropy_coef != 0 or compute_entropy=True (then
-    logged as actor/entropy). chunk_size = tokens per chunk of the torch path (None: sized so the kept
-    logits take KEEP_BUDGET_BYTES). Metrics: policy_loss's names, actor/* as means over local tokens.
+    are fine: autograd adds this op's dW to the embedding's), targets (N,) sampled token ids; `inputs`
+    per token (N,) (rl.loss_config.LossInputs; response_mask optional). inputs.global_num_tokens = valid
+    tokens of the whole mini-batch over all micro-batches and ranks (default: the local Σ response_mask);
+    the result is Σ_local L_tok·m / global_num_tokens. `cfg.fusable` must hold (token-mean, token ratios and
+    TIS). Entropy is computed only when entropy_coef != 0 or compute_entropy=True (then logged as
+    actor/entropy). chunk_size = tokens per chunk of the torch path (None: sized so the kept logits take
+    KEEP_BUDGET_BYTES). Metrics: `rl.losses.metric_table`, actor/* as means over local tokens.
     """
     check_inputs(hidden, weight, targets, temperature)
     N = hidden.shape[0]
-    _per_token(N, old_logprobs=old_logprobs, advantages=advantages, response_mask=response_mask,
-               ref_logprobs=ref_logprobs, rollout_logprobs=rollout_logprobs, is_weights=is_weights)
-    check_loss_params(eps_low, eps_high, clip_ratio_c, loss_agg_mode, ratio_level, kl_coef, kl_estimator,
-                      tis_cap, tis_level)
-    _check_fused_params(loss_agg_mode, ratio_level, tis_level, tis_cap, rollout_logprobs)
+    _per_token(N, **inputs.per_token())
+    _check_fused_params(cfg)
     dt = acc_dtype(torch.promote_types(hidden.dtype, weight.dtype))
-    tis_metrics: dict[str, float] = {}
-    if tis_cap is not None:
-        # On the full (1, N) layout, exactly as policy_loss calls it: detached, zero at masked tokens,
-        # metrics over the valid tokens; token level is elementwise, so chunking cannot change it.
-        mask = torch.ones_like(old_logprobs) if response_mask is None else response_mask
-        w, tis_metrics = tis_weights(old_logprobs.detach()[None], rollout_logprobs[None], mask[None],
-                                     level="token", cap=tis_cap)
-        is_weights = w[0] if is_weights is None else is_weights.detach() * w[0]
-    per_token = dict(old=old_logprobs, adv=advantages, ref=ref_logprobs, is_w=is_weights)
-    h, rows, tok = _select_tokens(hidden, targets, response_mask, per_token, dt)
+    # On the full (1, N) layout, as policy_loss calls it: detached, zero at masked tokens, metrics over the
+    # valid tokens; token level is elementwise, so chunking cannot change it.
+    mask = torch.ones_like(inputs.old_logprobs) if inputs.response_mask is None else inputs.response_mask
+    is_weights, tis_metrics = importance_weights(inputs.map(lambda t: t[None]), cfg, mask[None])
+    per_token = dict(old=inputs.old_logprobs, adv=inputs.advantages, ref=inputs.ref_logprobs,
+                     is_w=None if is_weights is None else is_weights[0])
+    h, rows, tok = _select_tokens(hidden, targets, inputs.response_mask, per_token, dt)
     n_tok = tok.m.sum()
-    denom = n_tok if global_num_tokens is None else torch.as_tensor(global_num_tokens, dtype=dt, device=h.device)
+    n_glob = inputs.global_num_tokens
+    denom = n_tok if n_glob is None else torch.as_tensor(n_glob, dtype=dt, device=h.device)
     chunk = default_chunk(weight.shape[0], dt) if chunk_size is None else chunk_size
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    kw = dict(eps_low=eps_low, eps_high=eps_high, clip_ratio_c=clip_ratio_c, kl_coef=kl_coef,
-              kl_estimator=kl_estimator, entropy_coef=entropy_coef)
     impl = resolve_impl(impl, hidden.device, torch.promote_types(hidden.dtype, weight.dtype))
     plan = _Plan(impl=impl, hidden=hidden, weight=weight, h=h, rows=rows, tok=tok,
-                 kw=kw, denom=denom.detach().clamp(min=1.0), inv_t=1.0 / temperature, chunk=chunk,
-                 with_ent=entropy_coef != 0.0 or compute_entropy,
+                 cfg=cfg, denom=denom.detach().clamp(min=1.0), inv_t=1.0 / temperature, chunk=chunk,
+                 with_ent=cfg.entropy_coef != 0.0 or compute_entropy,
                  sums=torch.zeros(len(_SUMS), dtype=dt, device=h.device))
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         loss = FusedPolicyLoss.apply(hidden, weight, plan)
     else:
         loss = plan.run(False, False)[0]
-    return loss, _metrics(plan, n_tok, tis_metrics)
+    return loss, {**tis_metrics, **_metrics(plan, n_tok)}
