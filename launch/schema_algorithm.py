@@ -268,6 +268,11 @@ class AlgorithmConfig:
             return replace(self.loss, tis_level="token", tis_cap=rp.staleness_cap, tis_scope="replayed")
         return self.loss
 
+    def advantage_params(self) -> dict[str, Any]:
+        """Keyword params of `compute_advantages` for `advantage.name` (only those that estimator accepts)."""
+        return {k: getattr(self.advantage, k) for k in advantage_param_names(self.advantage.name)
+                if hasattr(self.advantage, k)}
+
     @property
     def needs_reference(self) -> bool:
         """True when a reference model must be loaded (KL in the loss or in the reward)."""

@@ -23,8 +23,8 @@ def _trainer(model_dir, *overrides):
     cfg = load_config("configs/debug_cpu.yaml", ["trainer.num_workers=1", "trainer.zero_stage=0", *overrides])
     actor = ray.remote(TrainerWorker).options(num_cpus=0).remote(
         0, 1, model_path=model_dir, trainer_cfg=asdict(cfg.trainer), model_cfg=asdict(cfg.model),
-        loss_params=cfg.algorithm.loss_params(), temperature=0.8, need_ref=cfg.algorithm.needs_reference,
-        threads=1, seed=0, replay_staleness_cap=cfg.algorithm.replay_staleness_cap)
+        loss=cfg.algorithm.trainer_loss(), temperature=0.8, need_ref=cfg.algorithm.needs_reference,
+        threads=1, seed=0)
     addr, port = ray.get(actor.rendezvous_address.remote())
     ray.get(actor.setup.remote(addr, port))
     return actor
@@ -41,9 +41,9 @@ def test_replayed_rows_weighted_fused_equals_naive(ray_cluster, tiny_model_dir, 
                        plain.train_step.remote(samples, mb, 1)])
     for ra, rb, rc in zip(a["records"], b["records"], c["records"]):
         assert ra["loss/policy"] == pytest.approx(rb["loss/policy"], rel=1e-4, abs=1e-6)
-        assert "replay/ess" in ra and "replay/ess" in rb
-        assert ra["replay/ess"] == pytest.approx(rb["replay/ess"], rel=1e-4)
-        assert "replay/ess" not in rc
+        assert "actor/tis_ess" in ra and "actor/tis_ess" in rb  # TIS on the replayed rows
+        assert ra["actor/tis_ess"] == pytest.approx(rb["actor/tis_ess"], rel=1e-4)
+        assert "actor/tis_ess" not in rc
     assert any(abs(ra["loss/policy"] - rc["loss/policy"]) > 1e-5 for ra, rc in zip(a["records"], c["records"]))
 
 

@@ -1,5 +1,5 @@
 """rl/replay.py: the worked vectors of docs/algorithms.md "Replay buffer" (priorities, SSR top-up, staleness
-weights), sampling frequencies, admission, eviction, age decay, PER weights, metrics, and an exact checkpoint
+weights of replayed rows through rl.losses.importance_weights), sampling frequencies, admission, eviction, age decay, PER weights, metrics, and an exact checkpoint
 round trip."""
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ import math
 import pytest
 import torch
 
+from rl.loss_config import LossConfig, LossInputs
+from rl.losses import importance_weights
 from rl.replay import (ReplayBuffer, per_weights, ratio_count, replay_metrics, rng_state, set_rng_state,
-                       staleness_weights, topup_count)
+                       topup_count)
 from rl.types import Sample
 
 
@@ -57,39 +59,48 @@ def test_topup_and_ratio_counts():
         ratio_count(4, 1.0)
 
 
+def _replay_weights(old, mu, mask, replayed, cap, level="token"):
+    """The trainer's weights for replayed rows: TIS on the replayed rows only (rl.losses.importance_weights)."""
+    cfg = LossConfig(tis_level=level, tis_cap=cap, tis_scope="replayed")
+    adv = torch.zeros(old.shape[0])
+    return importance_weights(LossInputs(old, adv, mask, rollout_logprobs=mu, replayed=replayed), cfg, mask)
+
+
 def test_staleness_weight_vector():
     # π_μ = [0.6, 0.3, 0.05] (rollout engine at generation), π_old = [0.7, 0.1, 0.2]
     # w = π_old/π_μ = [7/6, 1/3, 4]; min(w, 2) = [7/6, 1/3, 2]
     mu = torch.tensor([[0.6, 0.3, 0.05]]).log()
     old = torch.tensor([[0.7, 0.1, 0.2]]).log()
     mask = torch.ones(1, 3)
-    w, m = staleness_weights(old, mu, mask, cap=None)
+    w, m = _replay_weights(old, mu, mask, torch.ones(1, 3, dtype=torch.bool), cap=1e9)
     torch.testing.assert_close(w, torch.tensor([[1.166667, 0.333333, 4.0]]), atol=1e-5, rtol=0)
-    w2, m2 = staleness_weights(old, mu, mask, cap=2.0)
+    w2, m2 = _replay_weights(old, mu, mask, torch.ones(1, 3, dtype=torch.bool), cap=2.0)
     torch.testing.assert_close(w2, torch.tensor([[1.166667, 0.333333, 2.0]]), atol=1e-5, rtol=0)
     assert not w2.requires_grad
-    # ESS before truncation: (Σw)²/Σw² = 5.5² / (49/36 + 1/9 + 16) = 30.25 / 17.472222 = 1.731320
-    assert m2["replay/ess"] == pytest.approx(30.25 / (49 / 36 + 1 / 9 + 16), rel=1e-5)
-    assert m2["replay/ess_frac"] == pytest.approx(m2["replay/ess"] / 3, rel=1e-6)
-    assert m2["replay/truncated_frac"] == pytest.approx(1 / 3)  # only w = 4 exceeds C = 2
-    assert m["replay/truncated_frac"] == 0.0  # no cap, nothing truncated
+    # ESS before truncation, as a fraction: (Σw)²/(n·Σw²) = 5.5² / (3·(49/36 + 1/9 + 16)) = 30.25 / 52.416667
+    assert m2["actor/tis_ess"] == pytest.approx(30.25 / (3 * (49 / 36 + 1 / 9 + 16)), rel=1e-5)
+    assert m2["actor/tis_truncated_frac"] == pytest.approx(1 / 3)  # only w = 4 exceeds C = 2
+    assert m["actor/tis_truncated_frac"] == 0.0  # a cap above every weight truncates nothing
     # mean |log w| = (log 7/6 + log 3 + log 4) / 3
-    assert m2["replay/log_ratio_abs_mean"] == pytest.approx((math.log(7 / 6) + math.log(3) + math.log(4)) / 3, rel=1e-5)
+    assert m2["actor/tis_log_ratio_abs_mean"] == pytest.approx((math.log(7 / 6) + math.log(3) + math.log(4)) / 3,
+                                                               rel=1e-5)
 
 
-def test_staleness_weights_mask_grad_and_sequence_level():
-    old = torch.tensor([[0.7, 0.1, 0.2], [0.5, 0.5, 0.0]]).log().requires_grad_(True)
-    mu = torch.tensor([[0.6, 0.3, 0.05], [0.25, 1.0, 1.0]]).log()
-    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # row 2's last token is padding (log 0 = -inf there)
-    w, m = staleness_weights(old, mu, mask, cap=2.0)
+def test_staleness_weights_only_on_replayed_rows_mask_and_sequence_level():
+    old = torch.tensor([[0.7, 0.1, 0.2], [0.5, 0.5, 0.0], [0.5, 0.5, 0.5]]).log()
+    mu = torch.tensor([[0.6, 0.3, 0.05], [0.2, 1.0, 1.0], [0.1, 0.1, 0.1]]).log()
+    old[1, 2] = mu[1, 2] = 0.0  # padding holds finite values
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])  # row 2's last token is padding
+    replayed = torch.tensor([[True] * 3, [True] * 3, [False] * 3])  # row 3 is fresh: weight 1, whatever its ratio
+    w, m = _replay_weights(old, mu, mask, replayed, cap=2.0)
     assert not w.requires_grad and w[1, 2] == 0 and torch.isfinite(w).all()
-    torch.testing.assert_close(w[1, :2], torch.tensor([2.0, 0.5]))
-    # sequence level: row 1 exp(Σ log w) = 7/6 · 1/3 · 4 = 14/9 (< 2, kept); row 2 = 2 · 0.5 = 1
-    ws, ms = staleness_weights(old, mu, mask, cap=2.0, level="sequence")
-    torch.testing.assert_close(ws, torch.tensor([[14 / 9] * 3, [1.0, 1.0, 0.0]]), atol=1e-5, rtol=0)
-    assert ms["replay/ess"] == pytest.approx((14 / 9 + 1) ** 2 / ((14 / 9) ** 2 + 1), rel=1e-5)
-    with pytest.raises(ValueError, match="cap=0"):
-        staleness_weights(old, mu, mask, cap=0)
+    torch.testing.assert_close(w[1, :2], torch.tensor([2.0, 0.5]))  # min(2.5, 2), 0.5
+    torch.testing.assert_close(w[2], torch.ones(3))
+    assert m["actor/tis_truncated_frac"] == pytest.approx(2 / 5)  # of the 5 replayed tokens, w = 4 and w = 2.5
+    # sequence level: row 1 exp(Σ log w) = 7/6 · 1/3 · 4 = 14/9 (< 2, kept); row 2 = 2.5 · 0.5 = 1.25
+    ws, ms = _replay_weights(old, mu, mask, replayed, cap=2.0, level="sequence")
+    torch.testing.assert_close(ws, torch.tensor([[14 / 9] * 3, [1.25, 1.25, 0.0], [1.0] * 3]), atol=1e-5, rtol=0)
+    assert ms["actor/tis_ess"] == pytest.approx((14 / 9 + 1.25) ** 2 / (2 * ((14 / 9) ** 2 + 1.25 ** 2)), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -242,11 +253,9 @@ def test_replay_metrics():
     buf = ReplayBuffer(10)
     buf.add([make(1.0, version=3), make(1.0, version=5)])
     replayed = [make(1.0, version=3), make(1.0, version=5), make(1.0, version=5)]
-    m = replay_metrics(buf, replayed, n_batch=8, current_version=5, n_requested=3,
-                       weights=torch.tensor([1.0, 1.0, 4.0]), cap=2.0)
+    m = replay_metrics(buf, replayed, n_batch=8, current_version=5, n_requested=3)
     assert m["replay/size"] == 2 and m["replay/fraction"] == 3 / 8
     assert m["replay/mean_staleness"] == pytest.approx(2 / 3) and m["replay/shortfall"] == 0
-    assert m["replay/ess"] == pytest.approx(36 / 18) and m["replay/truncated_frac"] == pytest.approx(1 / 3)
     assert replay_metrics(ReplayBuffer(1), [], n_batch=0, current_version=0)["replay/fraction"] == 0.0
 
 
