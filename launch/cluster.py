@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -183,7 +183,7 @@ def _create_trainers(cfg: Config, model_path: str, gpu: _GPUs | None = None) -> 
 
     ranks = [
         ray.remote(TrainerWorker).options(**options(rank)).remote(
-            rank, t.num_workers, model_path=model_path, trainer_cfg=asdict(t), model_cfg=asdict(cfg.model),
+            rank, t.num_workers, model_path=model_path, trainer=t, model=cfg.model,
             loss=cfg.algorithm.trainer_loss(), temperature=cfg.rollout.temperature,
             need_ref=cfg.algorithm.needs_reference, threads=_threads(t.threads_per_worker, t.num_workers),
             seed=t.seed)

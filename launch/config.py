@@ -29,7 +29,7 @@ class ConfigError(ValueError):
     """A user-facing configuration problem; the message names the key and how to fix it."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     path: str = "smollm2-135m-instruct"
     """Policy model: an alias (`smollm2-135m-instruct`, `tiny-random`), a local Hugging Face model
@@ -48,7 +48,7 @@ class ModelConfig:
             raise ConfigError(f"model.dtype={self.dtype!r}: use one of auto, float32, bfloat16, float16")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ArithConfig:
     num_terms: int = 3
     """Number of operands in each built-in arithmetic prompt (3 single digits: the 135M model starts near 14%)."""
@@ -64,7 +64,7 @@ class ArithConfig:
             raise ConfigError("data.arith: need num_terms >= 2 and max_operand >= 1")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     train: str = "arith"
     """Training prompts: `arith` (built-in task), a local .jsonl/.json/.parquet file, or a
@@ -91,7 +91,7 @@ class DataConfig:
     """Settings of the built-in `arith` task."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class RolloutConfig:
     engine: str = "hf"
     """Generation engine: `hf` (transformers, runs anywhere) or `vllm` (GPU clusters)."""
@@ -154,7 +154,7 @@ class RolloutConfig:
                               "[0.01, 2] (vLLM's range); use rollout.engine=hf for other temperatures")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RewardConfig:
     fns: list[str] = field(default_factory=lambda: ["arith"])
     """Reward functions: built-in names, `pkg.mod:fn` or `path/to/file.py:fn`; summed with `weights`."""
@@ -181,7 +181,7 @@ class RewardConfig:
             )
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainerConfig:
     num_workers: int = 1
     """W: DeepSpeed data-parallel ranks (Ray actors)."""
@@ -240,7 +240,7 @@ class TrainerConfig:
                               "for no token budget")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoggingConfig:
     wandb_mode: str = "offline"
     """wandb mode: offline (default; no network), online, or disabled."""
@@ -258,7 +258,7 @@ class LoggingConfig:
             raise ConfigError(f"logging.samples_per_step={self.samples_per_step}: must be >= 0 (0 writes none)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RayConfig:
     address: str | None = None
     """Ray cluster address; null joins the cluster of `ray job submit` (RAY_ADDRESS) or starts a local one."""
@@ -266,7 +266,7 @@ class RayConfig:
     """CPUs for a locally started cluster (default: all)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The policy model."""

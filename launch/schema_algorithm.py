@@ -28,7 +28,7 @@ def _fail(key: str, value: Any, fix: str) -> NoReturn:
     raise ValueError(f"algorithm.{key}={value!r}: {fix}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdvantageConfig:
     name: str = "grpo"
     """Advantage estimator: grpo, dr_grpo (no std), rloo, reinforce_pp (REINFORCE++-baseline), stratified."""
@@ -69,7 +69,7 @@ class AdvantageConfig:
             _fail("advantage.length_bucket_size", self.length_bucket_size, "must be >= 1")
 
 
-@dataclass
+@dataclass(frozen=True)
 class KLRewardConfig:
     enable: bool = False
     """Subtract coef·Σ_t KL_t(π_old‖π_ref) from each sample's reward before advantages (PPO-RLHF style)
@@ -87,7 +87,7 @@ class KLRewardConfig:
                   "variants only make sense in the loss)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DynamicSamplingConfig:
     enable: bool = False
     """DAPO dynamic sampling: drop prompt groups whose `metric` is the same for every answer and generate
@@ -136,7 +136,7 @@ def sample_metric(sample: Any, key: str) -> float:
     return float(value)
 
 
-@dataclass
+@dataclass(frozen=True)
 class OverlongConfig:
     shaping: bool = False
     """DAPO soft overlong punishment (eq. 13): penalty 0 → −1 over the last `buffer` tokens of max_new_tokens."""
@@ -165,7 +165,7 @@ class OverlongConfig:
 REPLAY_MODES = ("shortfall", "ratio")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReplayConfig:
     enable: bool = False
     """Selective Sample Replay (VL-Rethinker arXiv 2504.08837): keep past samples with a non-zero advantage and
@@ -223,7 +223,7 @@ class ReplayConfig:
                             max_staleness=self.max_staleness, drop_truncated=drop_truncated)
 
 
-@dataclass
+@dataclass(frozen=True)
 class AlgorithmConfig:
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     """How rewards become advantages (rl/advantages.py)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import ray
 import torch
@@ -30,16 +31,19 @@ from rl.policy import PARITY_KEYS, PolicyModule, parity_sums
 from rl.types import Sample
 from rl.weight_sync import Deadline, WeightPublisher, full_state_dict, gather_buckets
 
+if TYPE_CHECKING:  # the launch schema's sections, sent to every rank as they are (frozen dataclasses)
+    from launch.config import ModelConfig, TrainerConfig
+
 
 class TrainerWorker:
-    def __init__(self, rank: int, world_size: int, *, model_path: str, trainer_cfg: dict, model_cfg: dict,
+    def __init__(self, rank: int, world_size: int, *, model_path: str, trainer: TrainerConfig, model: ModelConfig,
                  loss: LossConfig, temperature: float, need_ref: bool, threads: int, seed: int):
         if threads > 0:
             torch.set_num_threads(threads)
         self.rank, self.world_size = rank, world_size
         self.publisher: WeightPublisher | None = None  # a GPU weight transport, once connect_rollout ran
         self.receivers: _RayReceivers | None = None
-        self._init_args = dict(model_path=model_path, trainer_cfg=trainer_cfg, model_cfg=model_cfg,
+        self._init_args = dict(model_path=model_path, trainer_cfg=trainer, model_cfg=model,
                                loss=loss, temperature=temperature, need_ref=need_ref, seed=seed)
 
     def rendezvous_address(self) -> tuple[str, int]:
@@ -53,8 +57,8 @@ class TrainerWorker:
         self._setup(master_addr, master_port, **self._init_args)
         return self.rank
 
-    def _setup(self, master_addr: str, master_port: int, *, model_path: str, trainer_cfg: dict, model_cfg: dict,
-               loss: LossConfig, temperature: float, need_ref: bool, seed: int) -> None:
+    def _setup(self, master_addr: str, master_port: int, *, model_path: str, trainer_cfg: TrainerConfig,
+               model_cfg: ModelConfig, loss: LossConfig, temperature: float, need_ref: bool, seed: int) -> None:
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
         if master_addr.startswith("127."):  # loopback cluster: keep gloo's pair sockets on loopback too
@@ -64,28 +68,28 @@ class TrainerWorker:
 
         self.cfg = trainer_cfg
         self.loss, self.temperature = loss, temperature
-        self.zero_stage = trainer_cfg["zero_stage"]
-        use_cuda = torch.cuda.is_available() and trainer_cfg.get("gpus_per_worker", 0) > 0
+        self.zero_stage = trainer_cfg.zero_stage
+        use_cuda = torch.cuda.is_available() and trainer_cfg.gpus_per_worker > 0
         deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", auto_mpi_discovery=False)
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
         torch.manual_seed(seed)
-        dtype = torch.bfloat16 if (use_cuda and model_cfg["dtype"] in ("auto", "bfloat16")) else torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_cfg["trust_remote_code"])
+        dtype = torch.bfloat16 if (use_cuda and model_cfg.dtype in ("auto", "bfloat16")) else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
-                                                     trust_remote_code=model_cfg["trust_remote_code"])
-        if model_cfg["gradient_checkpointing"]:
+                                                     trust_remote_code=model_cfg.trust_remote_code)
+        if model_cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.policy = PolicyModule(model)
-        optimizer = torch.optim.AdamW(self.policy.parameters(), lr=trainer_cfg["lr"],
-                                      weight_decay=trainer_cfg["weight_decay"], betas=(0.9, 0.999))
-        warmup = max(1, trainer_cfg["warmup_steps"])
+        optimizer = torch.optim.AdamW(self.policy.parameters(), lr=trainer_cfg.lr,
+                                      weight_decay=trainer_cfg.weight_decay, betas=(0.9, 0.999))
+        warmup = max(1, trainer_cfg.warmup_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
         ds_config = {
             "train_micro_batch_size_per_gpu": 1,
             "gradient_accumulation_steps": 1,
             "managed_gradient_accumulation": False,
-            "gradient_clipping": trainer_cfg["grad_clip"],
+            "gradient_clipping": trainer_cfg.grad_clip,
             "zero_optimization": {"stage": self.zero_stage, "overlap_comm": False},
             "zero_allow_untested_optimizer": True,
             "bf16": {"enabled": dtype == torch.bfloat16},
@@ -136,7 +140,7 @@ class TrainerWorker:
     def _micro_batches(self, samples, shard, loss_mask, old=None, min_count: int = 0) -> list[MicroBatch]:
         shard = [i for i in shard if loss_mask[i]]  # untrained samples never reach the model
         local = [samples[i] for i in shard]
-        groups = split_by_token_budget(local, self.cfg["micro_batch_tokens"]) if local else []
+        groups = split_by_token_budget(local, self.cfg.micro_batch_tokens) if local else []
         mbs = [collate(samples, [shard[j] for j in g], self.pad_id, loss_mask, old) for g in groups]
         # every rank must run the same number of passes (ZeRO collectives); pad with empty ones
         count = torch.tensor([max(len(mbs), min_count)], dtype=torch.long)
@@ -158,7 +162,7 @@ class TrainerWorker:
             mb = _to(mb, self.device)
             ref = self._ref_logprobs(mb)
             loss, metrics = self.engine(mb, mode="loss", temperature=self.temperature,
-                                        loss_path="fused" if self.cfg["fused_loss"] else "naive",
+                                        loss_path="fused" if self.cfg.fused_loss else "naive",
                                         loss=self.loss, ref_logprobs=ref,
                                         global_num_tokens=n_tok, global_num_seqs=n_seq)
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)

@@ -4,7 +4,7 @@ uninterrupted run (buffer + replay generator in the driver state)."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import pytest
 import ray
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def _trainer(model_dir, *overrides):
     cfg = load_config("configs/debug_cpu.yaml", ["trainer.num_workers=1", "trainer.zero_stage=0", *overrides])
     actor = ray.remote(TrainerWorker).options(num_cpus=0).remote(
-        0, 1, model_path=model_dir, trainer_cfg=asdict(cfg.trainer), model_cfg=asdict(cfg.model),
+        0, 1, model_path=model_dir, trainer=cfg.trainer, model=cfg.model,
         loss=cfg.algorithm.trainer_loss(), temperature=0.8, need_ref=cfg.algorithm.needs_reference,
         threads=1, seed=0)
     addr, port = ray.get(actor.rendezvous_address.remote())

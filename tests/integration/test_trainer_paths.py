@@ -8,7 +8,6 @@ logprobs recomputed) and one with a KL term to the reference model.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 
 import pytest
 import ray
@@ -34,7 +33,7 @@ def _samples(seed: int = 0) -> list[Sample]:
 def _trainers(model_dir, *overrides, world: int = 1) -> list:
     cfg = load_config("configs/debug_cpu.yaml", [f"trainer.num_workers={world}", "trainer.zero_stage=0", *overrides])
     actors = [ray.remote(TrainerWorker).options(num_cpus=0).remote(
-        rank, world, model_path=model_dir, trainer_cfg=asdict(cfg.trainer), model_cfg=asdict(cfg.model),
+        rank, world, model_path=model_dir, trainer=cfg.trainer, model=cfg.model,
         loss=cfg.algorithm.trainer_loss(), temperature=0.8, need_ref=cfg.algorithm.needs_reference,
         threads=1, seed=0) for rank in range(world)]
     addr, port = ray.get(actors[0].rendezvous_address.remote())
