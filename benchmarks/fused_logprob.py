@@ -70,10 +70,11 @@ def _step(method: str, hidden, weight, targets, t: dict) -> None:
         ent = -(logp_all.exp() * logp_all).sum(-1)
         (lp * t["g1"] + ent * t["g2"]).sum().backward()
     elif method == "fused_loss":
+        from rl.loss_config import LossConfig, LossInputs
         from rl.ops import fused_policy_loss
 
-        loss, _ = fused_policy_loss(hidden, weight, targets, t["old"], t["adv"], temperature=TEMPERATURE,
-                                    eps_low=0.2, eps_high=0.2, kl_coef=0.04, ref_logprobs=t["ref"])
+        loss, _ = fused_policy_loss(hidden, weight, targets, LossInputs(t["old"], t["adv"], ref_logprobs=t["ref"]),
+                                    LossConfig(eps_low=0.2, eps_high=0.2, kl_coef=0.04), temperature=TEMPERATURE)
         loss.backward()
     elif method == "liger":
         from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss

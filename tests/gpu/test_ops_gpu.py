@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rl.loss_config import LossConfig, LossInputs
 from rl.losses import policy_loss
 from rl.ops import fused_policy_loss, token_logprobs_entropy
 from rl.ops import logprob as logprob_mod
@@ -101,14 +102,14 @@ def test_fused_policy_loss_triton_matches_unfused():
     adv = torch.randn(n, device="cuda", generator=g)
     ref = lp0 + 0.2 * torch.randn(n, device="cuda", generator=g)
     mask = (torch.rand(n, device="cuda", generator=g) > 0.2).float()
-    opts = dict(clip_ratio_c=3.0, kl_coef=0.05, ref_logprobs=ref, entropy_coef=0.01)
+    cfg = LossConfig(clip_ratio_c=3.0, kl_coef=0.05, entropy_coef=0.01)
+    inputs = LossInputs(old, adv, mask, ref_logprobs=ref)
 
     hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
-    loss1, m1 = fused_policy_loss(hh, ww, y, old, adv, response_mask=mask, impl="triton", **opts)
+    loss1, m1 = fused_policy_loss(hh, ww, y, inputs, cfg, impl="triton")
     g_fused = torch.autograd.grad(loss1, [hh, ww])
     lp, ent = token_logprobs_entropy(hh, ww, y, impl="torch")
-    loss0, m0 = policy_loss(lp[None], old[None], adv[None], mask[None], entropy=ent[None],
-                            **{**opts, "ref_logprobs": ref[None]})
+    loss0, m0 = policy_loss(lp[None], inputs.map(lambda t: t[None]), cfg, entropy=ent[None])
     g_ref = torch.autograd.grad(loss0, [hh, ww])
     torch.testing.assert_close(loss1, loss0, atol=1e-5, rtol=1e-4)
     for a, b in zip(g_fused, g_ref):

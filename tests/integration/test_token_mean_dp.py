@@ -1,9 +1,9 @@
 """DP-shard invariance of the exact global token-mean loss with two real gloo ranks.
 
 Each rank holds a different shard of one mini-batch (unequal token counts, an empty response), splits it
-into micro-batches, all-reduces the valid-token count FIRST, accumulates `policy_loss(...,
-global_num_tokens=N)` gradients, then all-reduces the gradients with SUM (the convention documented in
-rl/losses.py). The summed gradient must equal the gradient of the single-process full batch — and a
+into micro-batches, all-reduces the valid-token count FIRST, accumulates `policy_loss(logprobs,
+LossInputs(..., global_num_tokens=N), cfg)` gradients, then all-reduces the gradients with SUM (the convention
+documented in rl/losses.py). The summed gradient must equal the gradient of the single-process full batch — and a
 naive average of per-rank token means must not (the test would catch a silent regression to it).
 """
 
@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from rl.loss_config import LossConfig, LossInputs
 from rl.losses import policy_loss, token_loss_terms
 
 WORLD = 2
@@ -49,8 +50,9 @@ def _logprobs(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 def _loss(w, rows, mode, n_tok, n_seq):
     x, y, mask, adv, old, _ = make_batch()
     r = torch.tensor(rows)
-    loss, _ = policy_loss(_logprobs(w, x[r], y[r]), old[r], adv[r], mask[r], loss_agg_mode=mode,
-                          clip_ratio_c=3.0, global_num_tokens=n_tok, global_num_seqs=n_seq, **MODES[mode])
+    cfg = LossConfig(loss_agg_mode=mode, clip_ratio_c=3.0, **MODES[mode])
+    inputs = LossInputs(old[r], adv[r], mask[r], global_num_tokens=n_tok, global_num_seqs=n_seq)
+    loss, _ = policy_loss(_logprobs(w, x[r], y[r]), inputs, cfg)
     return loss
 
 
@@ -103,7 +105,8 @@ def test_exact_token_mean_is_dp_shard_invariant(tmp_path):
         full.backward()
         if mode == "seq-mean-token-sum-norm":  # Dr. GRPO written out: (1/N_seq) Σ_i Σ_t L_it / S
             x, y, _, adv, old, _ = make_batch()
-            terms, _ = token_loss_terms(_logprobs(w0, x, y), old, adv[:, None].expand_as(old), clip_ratio_c=3.0)
+            terms, _ = token_loss_terms(_logprobs(w0, x, y), old, adv[:, None].expand_as(old),
+                                        LossConfig(clip_ratio_c=3.0))
             n_seq = int((mask.sum(-1) > 0).sum())
             torch.testing.assert_close(full.detach(), (terms * mask).sum() / (n_seq * 6.0), atol=1e-12, rtol=1e-10)
         for rank in range(WORLD):

@@ -1,9 +1,10 @@
 """rl/losses.py: worked vectors (clipped loss, KL, agg_loss modes, TIS), gradients, gradcheck, GSPO, TIS, edge
-cases, micro-batch × grad-accumulation invariance, and the config -> policy_loss mapping."""
+cases, micro-batch × grad-accumulation invariance, importance weights (TIS scope, PER), plug-in policy-loss
+terms, and the config -> LossConfig the trainer runs (rl/loss_config.py)."""
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import math
 from pathlib import Path
 
@@ -11,8 +12,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from launch.schema_algorithm import AlgorithmConfig, LossConfig
-from rl.losses import AGG_MODES, agg_loss, kl_penalty, policy_loss, tis_weights, token_loss_terms
+from launch import schema_algorithm
+from launch.schema_algorithm import AlgorithmConfig, ReplayConfig
+from rl.loss_config import LossConfig, LossInputs
+from rl.losses import (AGG_MODES, POLICY_TERMS, agg_loss, importance_weights, kl_penalty, policy_loss, run_term,
+                       tis_weights, token_loss_terms)
 
 ATOL = 1e-5
 D = torch.float64
@@ -46,9 +50,9 @@ def test_clipped_surrogate_table(a, r, l1, l2, l3, grad):
     logp = t([math.log(r)]).requires_grad_()
     old, adv = t([0.0]), t([float(a)])
     for (el, eh, c), want in zip([(0.2, 0.2, 3.0), (0.2, 0.28, 3.0), (0.2, 0.28, 10.0)], (l1, l2, l3)):
-        loss, _ = token_loss_terms(logp, old, adv, eps_low=el, eps_high=eh, clip_ratio_c=c)
+        loss, _ = token_loss_terms(logp, old, adv, LossConfig(eps_low=el, eps_high=eh, clip_ratio_c=c))
         close(loss, [want])
-    loss, stats = token_loss_terms(logp, old, adv, eps_low=0.2, eps_high=0.28, clip_ratio_c=3.0)
+    loss, stats = token_loss_terms(logp, old, adv, LossConfig(eps_low=0.2, eps_high=0.28, clip_ratio_c=3.0))
     loss.sum().backward()
     close(logp.grad, [grad])
     assert stats["clipped_high"].item() == float(a > 0 and r > 1.28)
@@ -62,13 +66,14 @@ def test_token_loss_terms_is_elementwise_over_any_shape():
     lp, old, ref = (torch.randn(shape, generator=g, dtype=D) * 0.3 - 1 for _ in range(3))
     adv = torch.randn(shape, generator=g, dtype=D)
     w, ent = torch.rand(shape, generator=g, dtype=D), torch.rand(shape, generator=g, dtype=D)
-    kw = dict(clip_ratio_c=3.0, ref_logprobs=ref, kl_coef=0.1, is_weights=w, entropy=ent, entropy_coef=0.01)
-    full, stats = token_loss_terms(lp, old, adv, **kw)
+    cfg = LossConfig(clip_ratio_c=3.0, kl_coef=0.1, entropy_coef=0.01)
+    kw = dict(ref_logprobs=ref, is_weights=w, entropy=ent)
+    full, stats = token_loss_terms(lp, old, adv, cfg, **kw)
     assert full.shape == shape and all(v.shape == shape for v in stats.values())
     # L_tok = w·pg + β·kl − c_H·H, and each element only depends on its own inputs
     torch.testing.assert_close(full, w * stats["pg"] + 0.1 * stats["kl"] - 0.01 * ent)
-    flat, _ = token_loss_terms(lp.flatten(), old.flatten(), adv.flatten(),
-                               **{k: (v.flatten() if torch.is_tensor(v) else v) for k, v in kw.items()})
+    flat, _ = token_loss_terms(lp.flatten(), old.flatten(), adv.flatten(), cfg,
+                               **{k: v.flatten() for k, v in kw.items()})
     torch.testing.assert_close(flat, full.flatten())
 
 
@@ -125,15 +130,15 @@ def mini_batch():
 
 def test_end_to_end_grpo():
     logp, old, adv, mask, ref = mini_batch()
-    loss_tok, stats = token_loss_terms(logp, old, adv[:, None].expand(2, 3), eps_high=0.2)
+    loss_tok, stats = token_loss_terms(logp, old, adv[:, None].expand(2, 3), LossConfig(eps_high=0.2))
     # ratios π_θ/π_old = [[1.4, 1.1], [1.0, 0.833333, 1.5]]; (0,0) clipped at 1.2 -> −0.707106·1.2 = −0.848527
     close(stats["ratio"] * mask, [[1.4, 1.1, 0], [1.0, 0.833333, 1.5]])
     close(loss_tok * mask, [[-0.848527, -0.777816, 0], [0.707106, 0.589255, 1.060659]])
     close(kl_penalty(logp, ref, "k3") * mask, [[0.050758, 0.008530, 0], [0.015655, 0.017678, 0.072132]])
     # seq-mean-token-mean: ((−0.848527−0.777816)/2 + (0.707106+0.589255+1.060659)/3)/2 = −0.013749,
     # plus 0.04 · ((0.050758+0.008530)/2 + (0.015655+0.017678+0.072132)/3)/2 = 0.001296 -> −0.012453
-    loss, metrics = policy_loss(logp, old, adv, mask, eps_high=0.2, loss_agg_mode="seq-mean-token-mean",
-                                ref_logprobs=ref, kl_coef=0.04)
+    loss, metrics = policy_loss(logp, LossInputs(old, adv, mask, ref_logprobs=ref),
+                                LossConfig(eps_high=0.2, loss_agg_mode="seq-mean-token-mean", kl_coef=0.04))
     close(loss, -0.012453)
     loss.backward()
     # token (0,0) is clipped so only KL flows: 0.04·(1 − 0.5/0.7)/(2·2) = 0.002857
@@ -149,7 +154,7 @@ def test_end_to_end_dapo():
     logp, old, adv, mask, _ = mini_batch()
     # token-mean over 5 tokens, ε 0.2/0.28 (1.4 still clipped at 1.28): (−0.905097 − 0.777816 + 0.707106
     # + 0.589255 + 1.060659)/5 = 0.134822
-    loss, _ = policy_loss(logp, old, adv, mask)
+    loss, _ = policy_loss(logp, LossInputs(old, adv, mask), LossConfig())
     close(loss, 0.134822)
     loss.backward()
     # ∂/∂ℓ = −A·r/5 on unclipped tokens: −0.707106·1.1/5 = −0.155563, 0.707106·1.0/5 = 0.141421, ...
@@ -222,22 +227,23 @@ def test_policy_loss_tis_and_is_weights_multiply_pg():
     logp, old, adv, mask, _ = mini_batch()
     rollout = old - t([[math.log(3.0), 0, 0], [0, 0, math.log(0.5)]])  # π_old/π_μ = 3 (capped to 2) and 0.5
     extra = t([[1.0, 0.5, 1.0], [1.0, 1.0, 2.0]])
-    loss, m = policy_loss(logp, old, adv, mask, rollout_logprobs=rollout, tis_cap=2.0, is_weights=extra)
-    _, stats = token_loss_terms(logp, old, adv[:, None].expand(2, 3))
+    loss, m = policy_loss(logp, LossInputs(old, adv, mask, rollout_logprobs=rollout, is_weights=extra),
+                          LossConfig(tis_level="token", tis_cap=2.0))
+    _, stats = token_loss_terms(logp, old, adv[:, None].expand(2, 3), LossConfig())
     w = t([[2.0, 1.0, 1.0], [1.0, 1.0, 0.5]]) * extra
     close(loss, (agg_loss(w * stats["pg"], mask, "token-mean")).item())
     assert m["actor/tis_truncated_frac"] == pytest.approx(1 / 5)
     assert "actor/tis_ess" in m
     with pytest.raises(ValueError, match="rollout_logprobs is None"):
-        policy_loss(logp, old, adv, mask, tis_cap=2.0)
+        policy_loss(logp, LossInputs(old, adv, mask), LossConfig(tis_level="token", tis_cap=2.0))
 
 
 # ----------------------------------------------------------------------------- GSPO sequence ratio
 
 def test_gspo_sequence_ratio_value_and_gradient():
     logp, old, adv, mask, _ = mini_batch()
-    loss, _ = policy_loss(logp, old, adv, mask, ratio_level="sequence", eps_low=0.5, eps_high=0.5,
-                          loss_agg_mode="seq-mean-token-mean")
+    loss, _ = policy_loss(logp, LossInputs(old, adv, mask), LossConfig(
+        ratio_level="sequence", eps_low=0.5, eps_high=0.5, loss_agg_mode="seq-mean-token-mean"))
     # s_i = exp(mean_t log r): row 0 sqrt(1.4·1.1) = 1.240967, row 1 (1·0.833333·1.5)^(1/3) = 1.077217
     s = t([math.sqrt(1.4 * 1.1), (1.0 * (0.5 / 0.6) * 1.5) ** (1 / 3)])
     # GSPO eq. 5 (unclipped): J = (1/G) Σ_i s_i Â_i; loss = −J
@@ -265,11 +271,13 @@ def test_gradcheck_policy_loss_float64():
     mask = t([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
     for mode in AGG_MODES:
         for ratio_level in ("token", "sequence"):
-            def f(lp, h):
-                return policy_loss(lp, old, adv, mask, loss_agg_mode=mode, ratio_level=ratio_level, clip_ratio_c=3.0,
-                                   ref_logprobs=ref, kl_coef=0.1, kl_estimator="k3", rollout_logprobs=rollout,
-                                   tis_cap=2.0, tis_level=ratio_level, entropy=h, entropy_coef=0.01,
-                                   global_num_tokens=9.0, loss_scale_factor=5.0)[0]
+            cfg = LossConfig(loss_agg_mode=mode, ratio_level=ratio_level, clip_ratio_c=3.0, kl_coef=0.1,
+                             kl_estimator="k3", tis_cap=2.0, tis_level=ratio_level, entropy_coef=0.01,
+                             loss_scale_factor=5.0)
+            inputs = LossInputs(old, adv, mask, ref_logprobs=ref, rollout_logprobs=rollout, global_num_tokens=9.0)
+
+            def f(lp, h, cfg=cfg, inputs=inputs):
+                return policy_loss(lp, inputs, cfg, entropy=h)[0]
             assert torch.autograd.gradcheck(f, (logp, ent)), (mode, ratio_level)
 
 
@@ -279,13 +287,14 @@ def test_fully_masked_rows_and_empty_responses():
     logp, old, adv, _, _ = mini_batch()
     mask = t([[0, 0, 0], [1, 1, 1]])
     for mode in AGG_MODES:
-        loss, m = policy_loss(logp, old, adv, mask, loss_agg_mode=mode, loss_scale_factor=3.0)
+        loss, m = policy_loss(logp, LossInputs(old, adv, mask), LossConfig(loss_agg_mode=mode, loss_scale_factor=3.0))
         (g,) = torch.autograd.grad(loss, logp)
         assert torch.equal(g[0], torch.zeros(3, dtype=D)) and torch.isfinite(g).all(), mode
-    loss, m = policy_loss(logp, old, adv, torch.zeros(2, 3, dtype=D))  # all masked: 0, not NaN
+    all_masked = LossInputs(old, adv, torch.zeros(2, 3, dtype=D))
+    loss, m = policy_loss(logp, all_masked, LossConfig())  # all masked: 0, not NaN
     assert loss.item() == 0.0 and m["actor/num_tokens"] == 0.0 and m["actor/ratio_mean"] == 0.0
     empty = torch.zeros(2, 0, dtype=D, requires_grad=True)  # T = 0
-    loss, m = policy_loss(empty, empty.detach(), adv, empty.detach(), ratio_level="sequence")
+    loss, m = policy_loss(empty, LossInputs(empty.detach(), adv, empty.detach()), LossConfig(ratio_level="sequence"))
     assert loss.item() == 0.0 and m["actor/ratio_max"] == 0.0
 
 
@@ -295,41 +304,49 @@ def test_fully_masked_rows_and_empty_responses():
 def test_non_finite_inputs_rejected_by_name(name, bad):
     logp, old, adv, mask, ref = mini_batch()
     ones = torch.ones(2, 3, dtype=D)
-    inputs = dict(logprobs=logp.detach().clone(), old_logprobs=old, advantages=adv, response_mask=mask,
-                  ref_logprobs=ref, rollout_logprobs=old.clone(), entropy=ones, is_weights=ones)
-    inputs[name] = inputs[name].clone()
-    inputs[name].view(-1)[-1] = bad  # the last slot; for (B, T) inputs it is a valid token
+    tensors = dict(logprobs=logp.detach().clone(), old_logprobs=old, advantages=adv, response_mask=mask,
+                   ref_logprobs=ref, rollout_logprobs=old.clone(), entropy=ones, is_weights=ones)
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[-1] = bad  # the last slot; for (B, T) inputs it is a valid token
+    logprobs, entropy = tensors.pop("logprobs"), tensors.pop("entropy")
     with pytest.raises(ValueError, match=f"policy_loss: {name} has 1 non-finite"):
-        policy_loss(inputs.pop("logprobs"), inputs.pop("old_logprobs"), inputs.pop("advantages"),
-                    inputs.pop("response_mask"), **inputs)
+        policy_loss(logprobs, LossInputs(**tensors), LossConfig(), entropy=entropy)
 
 
 def test_bad_params_and_shapes_have_clear_errors():
     logp, old, adv, mask, ref = mini_batch()
-    cases = [
-        (dict(kl_coef=0.1), "needs ref_logprobs"),
-        (dict(entropy_coef=0.1), "needs the per-token entropy"),
-        (dict(clip_ratio_c=0.5), "dual-clip bound must be > 1"),
-        (dict(loss_agg_mode="sum"), "unknown loss_agg_mode 'sum'"),
-        (dict(ratio_level="seq"), "ratio_level='seq'"),
-        (dict(ref_logprobs=ref[:, :2]), "ref_logprobs has shape \\(2, 2\\)"),
+    call_cases = [  # valid config, but the call lacks what it needs
+        (dict(kl_coef=0.1), {}, "needs ref_logprobs"),
+        (dict(entropy_coef=0.1), {}, "needs the per-token entropy"),
+        ({}, dict(ref_logprobs=ref[:, :2]), "ref_logprobs has shape \\(2, 2\\)"),
     ]
-    for kw, msg in cases:
+    for cfg_kw, inputs_kw, msg in call_cases:
         with pytest.raises(ValueError, match=msg):
-            policy_loss(logp, old, adv, mask, **kw)
+            policy_loss(logp, LossInputs(old, adv, mask, **inputs_kw), LossConfig(**cfg_kw))
+    # out-of-range parameters are rejected when the LossConfig is built, naming the config key
+    config_cases = [
+        (dict(clip_ratio_c=0.5), "algorithm.loss.clip_ratio_c=0.5: must be > 1"),
+        (dict(loss_agg_mode="sum"), "algorithm.loss.loss_agg_mode='sum': use one of token-mean"),
+        (dict(ratio_level="seq"), "algorithm.loss.ratio_level='seq'"),
+    ]
+    for cfg_kw, msg in config_cases:
+        with pytest.raises(ValueError, match=msg):
+            LossConfig(**cfg_kw)
     with pytest.raises(ValueError, match="advantages has shape \\(3,\\)"):
-        policy_loss(logp, old, t([1.0, 2.0, 3.0]), mask)
+        policy_loss(logp, LossInputs(old, t([1.0, 2.0, 3.0]), mask), LossConfig())
     with pytest.raises(ValueError, match="logprobs must be \\(B, T\\)"):
-        policy_loss(logp[0], old[0], adv, mask[0])
+        policy_loss(logp[0], LossInputs(old[0], adv, mask[0]), LossConfig())
+    with pytest.raises(ValueError, match="response_mask is required"):
+        policy_loss(logp, LossInputs(old, adv), LossConfig())
 
 
 def test_policy_loss_equals_token_terms_plus_agg():
     logp, old, adv, mask, ref = mini_batch()
     ent = torch.rand(2, 3, dtype=D)
-    kw = dict(clip_ratio_c=3.0, ref_logprobs=ref, kl_coef=0.05, entropy=ent, entropy_coef=0.01)
     for mode in AGG_MODES:
-        loss, _ = policy_loss(logp, old, adv, mask, loss_agg_mode=mode, loss_scale_factor=7.0, **kw)
-        tok, _ = token_loss_terms(logp, old, adv[:, None].expand(2, 3), **kw)
+        cfg = LossConfig(clip_ratio_c=3.0, kl_coef=0.05, entropy_coef=0.01, loss_agg_mode=mode, loss_scale_factor=7.0)
+        loss, _ = policy_loss(logp, LossInputs(old, adv, mask, ref_logprobs=ref), cfg, entropy=ent)
+        tok, _ = token_loss_terms(logp, old, adv[:, None].expand(2, 3), cfg, ref_logprobs=ref, entropy=ent)
         torch.testing.assert_close(loss, agg_loss(tok, mask, mode, loss_scale_factor=7.0), atol=0, rtol=0)
 
 
@@ -356,11 +373,12 @@ def _step(rows_per_micro: list[list[int]], mode: str) -> torch.Tensor:
     w = torch.nn.Parameter(w0.clone())
     opt = torch.optim.SGD([w], lr=0.5)
     n_tok, n_seq = mask.sum(), (mask.sum(-1) > 0).sum()  # counted once for the whole mini-batch
+    cfg = LossConfig(loss_agg_mode=mode, clip_ratio_c=3.0, loss_scale_factor=5.0)
     for rows in rows_per_micro:
         r = torch.tensor(rows)
         logp = torch.log_softmax(x[r] @ w.T, -1).gather(-1, y[r][..., None])[..., 0]  # (b, T)
-        loss, _ = policy_loss(logp, old[r], adv[r], mask[r], loss_agg_mode=mode, clip_ratio_c=3.0,
-                              global_num_tokens=n_tok, global_num_seqs=n_seq, loss_scale_factor=5.0)
+        inputs = LossInputs(old[r], adv[r], mask[r], global_num_tokens=n_tok, global_num_seqs=n_seq)
+        loss, _ = policy_loss(logp, inputs, cfg)
         loss.backward()  # accumulate: the sum of shares is the full-batch loss
     opt.step()
     return w.detach()
@@ -373,21 +391,216 @@ def test_microbatch_grad_accumulation_invariance(mode):
         torch.testing.assert_close(_step(split, mode), full, atol=1e-12, rtol=0)
 
 
-# ----------------------------------------------------------------------------- config -> policy_loss
+# ----------------------------------------------------------------------------- importance weights (TIS scope, PER)
 
-def test_config_loss_params_match_policy_loss_signature():
-    accepted = set(inspect.signature(policy_loss).parameters)
-    cfg = AlgorithmConfig(loss=LossConfig(tis_level="sequence", clip_ratio_c=10.0))
-    params = cfg.loss_params()
-    assert set(params) <= accepted
-    assert params["tis_cap"] == 2.0 and params["tis_level"] == "sequence"
-    assert AlgorithmConfig().loss_params()["tis_cap"] is None  # TIS off by default
+# π_old/π_μ per token: row 0 [3, 0.5, pad], row 1 [2.5, 1.0, 0.8]; only row 1 was drawn from the replay buffer
+TIS_RATIOS = [[3.0, 0.5, 1.0], [2.5, 1.0, 0.8]]
+REPLAYED = [[False, False, False], [True, True, True]]
+
+
+def replay_inputs(**kw):
     logp, old, adv, mask, _ = mini_batch()
-    policy_loss(logp, old, adv, mask, rollout_logprobs=old, **params)
-    # schema defaults are the function defaults: one source of truth for the default loss
-    defaults = {k: p.default for k, p in inspect.signature(policy_loss).parameters.items()}
-    for k, v in AlgorithmConfig().loss_params().items():
-        assert defaults[k] == v, k
+    rollout = old - t(TIS_RATIOS).log()
+    return logp, LossInputs(old, adv, mask, rollout_logprobs=rollout, replayed=torch.tensor(REPLAYED), **kw)
+
+
+def test_importance_weights_replayed_scope_is_tis_on_replayed_rows_only():
+    _, inputs = replay_inputs()
+    mask = inputs.response_mask
+    w, m = importance_weights(inputs, LossConfig(tis_level="token", tis_cap=2.0, tis_scope="replayed"), mask)
+    # replayed row: min(ratio, C=2) = [2.0, 1.0, 0.8]; the fresh row keeps weight 1 (its ratio 3 is not truncated)
+    close(w * mask, [[1.0, 1.0, 0.0], [2.0, 1.0, 0.8]])
+    assert not w.requires_grad
+    # metrics over the 3 replayed tokens only, before truncation (row 0's 3.0 would make these 2/5 and 3.0)
+    assert m["actor/tis_truncated_frac"] == pytest.approx(1 / 3)
+    assert m["actor/tis_ratio_max"] == pytest.approx(2.5)
+    assert m["actor/tis_ratio_mean"] == pytest.approx(4.3 / 3)  # (2.5 + 1 + 0.8) / 3
+    assert m["actor/tis_ess"] == pytest.approx(4.3 ** 2 / (3 * (6.25 + 1 + 0.64)), abs=1e-9)  # 0.781158
+    assert m["actor/tis_log_ratio_abs_mean"] == pytest.approx((math.log(2.5) + abs(math.log(0.8))) / 3)  # 0.379811
+    # scope `all` is tis_weights over every valid token: the fresh row's 3.0 is truncated to 2 as well
+    w_all, m_all = importance_weights(inputs, LossConfig(tis_level="token", tis_cap=2.0), mask)
+    close(w_all * mask, [[2.0, 0.5, 0.0], [2.0, 1.0, 0.8]])
+    assert m_all == tis_weights(inputs.old_logprobs, inputs.rollout_logprobs, mask, cap=2.0)[1]
+    assert m_all["actor/tis_truncated_frac"] == pytest.approx(2 / 5)
+    assert m_all["actor/tis_ratio_max"] == pytest.approx(3.0)
+
+
+def test_importance_weights_per_weights_multiply_in():
+    per = t([[0.9, 0.9, 0.9], [0.5, 0.5, 0.5]])  # PER weights of each row (1 for fresh rows in the trainer)
+    _, inputs = replay_inputs(is_weights=per)
+    mask = inputs.response_mask
+    w, m = importance_weights(inputs, LossConfig(tis_level="token", tis_cap=2.0, tis_scope="replayed"), mask)
+    close(w * mask, [[0.9, 0.9, 0.0], [1.0, 0.5, 0.4]])  # PER × [[1, 1], [2, 1, 0.8]]
+    assert m["actor/tis_truncated_frac"] == pytest.approx(1 / 3)  # PER weights do not enter the TIS metrics
+    # TIS off: the PER weights alone, no TIS metrics
+    w_off, m_off = importance_weights(inputs, LossConfig(), mask)
+    assert torch.equal(w_off, per) and m_off == {}
+    # no PER and TIS off: no weights at all
+    assert importance_weights(replay_inputs()[1], LossConfig(), mask) == (None, {})
+    # scope `replayed` on a batch without replayed rows (replayed=None): nothing is weighted by TIS
+    none_replayed = dataclasses.replace(inputs, replayed=None)
+    w_none, m_none = importance_weights(none_replayed, LossConfig(tis_level="token", tis_scope="replayed"), mask)
+    assert torch.equal(w_none, per) and m_none == {}
+    with pytest.raises(ValueError, match="rollout_logprobs is None"):
+        importance_weights(dataclasses.replace(inputs, rollout_logprobs=None),
+                           LossConfig(tis_level="token", tis_scope="replayed"), mask)
+
+
+def test_policy_loss_with_replayed_scope_and_per():
+    cfg = LossConfig(tis_level="token", tis_cap=2.0, tis_scope="replayed")
+    logp, inputs = replay_inputs()
+    loss, m = policy_loss(logp, inputs, cfg)
+    # token-mean of w·pg, pg = [−0.905095, −0.777816 | 0.707106, 0.589255, 1.060659] (test_end_to_end_dapo),
+    # w = [1, 1 | 2, 1, 0.8]: (−0.905095 − 0.777816 + 1.414212 + 0.589255 + 0.848527)/5 = 0.233816
+    close(loss, 0.233816)
+    assert m["actor/tis_truncated_frac"] == pytest.approx(1 / 3) and m["actor/num_tokens"] == 5.0
+    loss.backward()
+    # ∂/∂ℓ = −w·A·r/5 on unclipped tokens: (1,0) 2·0.707106·1.0/5 = 0.282842,
+    # (1,2) 0.8·0.707106·1.5/5 = 0.169705; (0,0) is clipped (r = 1.4 > 1.28)
+    close(logp.grad, [[0.0, -0.155563, 0.0], [0.282842, 0.117851, 0.169705]])
+    # PER weights multiply in: w = [0.9, 0.9 | 1.0, 0.5, 0.4] -> −0.017725
+    logp, inputs = replay_inputs(is_weights=t([[0.9, 0.9, 0.9], [0.5, 0.5, 0.5]]))
+    close(policy_loss(logp, inputs, cfg)[0], -0.017725)
+    # the replay section of the config sets up exactly this loss when TIS is off (see test_trainer_loss_*)
+    assert AlgorithmConfig(replay=ReplayConfig(enable=True, staleness_cap=2.0)).trainer_loss() == cfg
+
+
+# ----------------------------------------------------------------------------- plug-in policy-loss terms
+
+PLUGIN = '''
+import torch
+
+
+def scaled_pg(logprobs, old_logprobs, advantages, cfg, scale=1.0):
+    """Unclipped policy gradient, scaled: -scale * A * exp(l - l_old)."""
+    return -scale * advantages * (logprobs - old_logprobs).exp()
+
+
+def leaky(logprobs, old_logprobs, advantages, cfg):
+    return -(advantages + 0.1) * (logprobs - old_logprobs).exp()
+
+
+def two_args(logprobs, advantages):
+    return -advantages * logprobs
+
+
+def scalar(logprobs, old_logprobs, advantages, cfg):
+    return (-advantages * (logprobs - old_logprobs).exp()).sum()
+
+
+def detached(logprobs, old_logprobs, advantages, cfg):
+    return (-advantages * (logprobs - old_logprobs).exp()).detach()
+
+
+def raises(logprobs, old_logprobs, advantages, cfg):
+    raise RuntimeError("boom")
+'''
+
+
+@pytest.fixture()
+def plugin_file(tmp_path):
+    path = tmp_path / "my_terms.py"
+    path.write_text(PLUGIN)
+    return path
+
+
+def test_plugin_term_from_file_spec(plugin_file):
+    cfg = LossConfig(term=f"{plugin_file}:scaled_pg", term_params={"scale": 2.0})
+    logp, old, adv, mask, _ = mini_batch()
+    adv_tok = adv[:, None].expand(2, 3)
+    pg, stats = run_term(cfg, logp, old, adv_tok)
+    # −2·A·r with r = [[1.4, 1.1], [1.0, 0.833333, 1.5]], A = ±0.707106
+    close(pg * mask, [[-1.979896, -1.555633, 0.0], [1.414212, 1.178510, 2.121317]])
+    # ratio, log_ratio and the clip flags are filled in for a term that reports none
+    close(stats["ratio"] * mask, [[1.4, 1.1, 0], [1.0, 0.833333, 1.5]])
+    assert all(torch.equal(stats[k], torch.zeros_like(pg)) for k in ("clipped_high", "clipped_low", "dual_clipped"))
+    loss_tok, tstats = token_loss_terms(logp, old, adv_tok, cfg)
+    torch.testing.assert_close(loss_tok, pg, atol=0, rtol=0)
+    torch.testing.assert_close(tstats["pg"], pg, atol=0, rtol=0)
+    loss, m = policy_loss(logp, LossInputs(old, adv, mask), cfg)
+    close(loss, 0.235702)  # (−1.979896 − 1.555633 + 1.414212 + 1.178510 + 2.121317)/5
+    loss.backward()
+    close(logp.grad, [[-0.395979, -0.311127, 0.0], [0.282842, 0.235702, 0.424263]])  # −2·A·r/5, nothing clipped
+    assert m["actor/pg_clipfrac"] == 0.0 and m["actor/ratio_max"] == pytest.approx(1.5)
+
+
+def test_plugin_term_specs_are_resolved(plugin_file, monkeypatch):
+    # a relative file spec is made absolute when the config is built (trainer ranks may run in another cwd)
+    monkeypatch.chdir(plugin_file.parent)
+    cfg = LossConfig(term="my_terms.py:scaled_pg")
+    assert cfg.term == f"{plugin_file}:scaled_pg"
+    # an importable `pkg.module:fn` spec: the built-in ppo_clip named as a plug-in gives the default loss
+    logp, old, adv, mask, _ = mini_batch()
+    as_plugin, _ = policy_loss(logp, LossInputs(old, adv, mask), LossConfig(term="rl.losses:ppo_clip"))
+    builtin, _ = policy_loss(logp, LossInputs(old, adv, mask), LossConfig())
+    torch.testing.assert_close(as_plugin, builtin, atol=0, rtol=0)
+    assert "ppo_clip" in POLICY_TERMS
+
+
+@pytest.mark.parametrize("fn, params, match", [
+    ("leaky", {}, r"algorithm\.loss\.term='.*:leaky': probe call failed: ValueError: is not 0 at tokens whose "
+                  r"advantage is 0"),
+    ("two_args", {}, r"algorithm\.loss\.term='.*:two_args': signature \(logprobs, advantages\) must take "
+                     r"\(logprobs, old_logprobs, advantages, cfg\)"),
+    ("scaled_pg", {"temperature": 1.0}, r"algorithm\.loss\.term_params=\{'temperature': 1\.0\}: .*:scaled_pg takes "
+                                        r"no parameter\(s\) \['temperature'\]; it accepts \['scale'\]"),
+    ("scalar", {}, r"algorithm\.loss\.term='.*:scalar': probe call failed: ValueError: returned shape \(\)"),
+    ("detached", {}, r"algorithm\.loss\.term='.*:detached': probe call failed: .*carries no gradient"),
+    ("raises", {}, r"algorithm\.loss\.term='.*:raises': probe call failed: RuntimeError: boom"),
+    ("missing", {}, r"algorithm\.loss\.term='.*:missing'"),
+])
+def test_loss_config_rejects_bad_plugin_terms(plugin_file, fn, params, match):
+    with pytest.raises(ValueError, match=match):
+        LossConfig(term=f"{plugin_file}:{fn}", term_params=params)
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="rl/loss_config.py check_term probes the term without "
+                   "torch.enable_grad(): under no_grad/inference_mode every term 'carries no gradient to logprobs'")
+def test_loss_config_builds_under_no_grad():
+    with torch.no_grad():
+        assert LossConfig(kl_coef=0.1).kl_coef == 0.1
+
+
+def test_loss_config_rejects_unknown_term_names():
+    with pytest.raises(ValueError, match=r"algorithm\.loss\.term='ppo_clipp': .*did you mean 'ppo_clip'"):
+        LossConfig(term="ppo_clipp")
+    with pytest.raises(ValueError, match=r"algorithm\.loss\.term_params=\{'scale': 2\.0\}: ppo_clip takes no "
+                                         r"parameter\(s\) \['scale'\]"):
+        LossConfig(term_params={"scale": 2.0})
+
+
+# ----------------------------------------------------------------------------- config -> LossConfig the trainer runs
+
+def test_trainer_loss_is_the_configured_loss():
+    loss = LossConfig(tis_level="sequence", clip_ratio_c=10.0)
+    run = AlgorithmConfig(loss=loss).trainer_loss()
+    assert isinstance(run, LossConfig) and run == loss
+    assert run.tis_cap == 2.0 and run.tis_level == "sequence" and run.tis_scope == "all"
+    assert AlgorithmConfig().trainer_loss().tis_level is None  # TIS off by default
+    logp, old, adv, mask, _ = mini_batch()
+    policy_loss(logp, LossInputs(old, adv, mask, rollout_logprobs=old), run)
+    # one source of truth for the default loss: the schema's loss section is rl.loss_config.LossConfig
+    assert schema_algorithm.LossConfig is LossConfig
+    assert AlgorithmConfig().loss == LossConfig() and AlgorithmConfig().trainer_loss() == LossConfig()
+    defaults = {f.name: getattr(LossConfig(), f.name) for f in dataclasses.fields(LossConfig)}
+    assert defaults == {"term": "ppo_clip", "term_params": {}, "eps_low": 0.2, "eps_high": 0.28, "clip_ratio_c": None,
+                        "loss_agg_mode": "token-mean", "ratio_level": "token", "kl_coef": 0.0, "kl_estimator": "k3",
+                        "entropy_coef": 0.0, "tis_level": None, "tis_cap": 2.0, "tis_scope": "all",
+                        "loss_scale_factor": None}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.eps_low = 0.1  # every trainer rank gets the same object: it cannot be changed on the way
+
+
+def test_trainer_loss_turns_replay_staleness_cap_into_tis_on_replayed_rows():
+    # replay on, TIS off: the decoupled-PPO weight min(π_old/π_rollout, staleness_cap) on replayed rows
+    on = AlgorithmConfig(replay=ReplayConfig(enable=True, staleness_cap=1.5))
+    assert on.trainer_loss() == LossConfig(tis_level="token", tis_cap=1.5, tis_scope="replayed")
+    assert on.loss == LossConfig()  # the config section itself is unchanged
+    # no correction asked for, replay off, or TIS already on for every row: the loss as configured
+    assert AlgorithmConfig(replay=ReplayConfig(enable=True, staleness_cap=None)).trainer_loss() == LossConfig()
+    assert AlgorithmConfig(replay=ReplayConfig(enable=False, staleness_cap=1.5)).trainer_loss() == LossConfig()
+    tis = LossConfig(tis_level="token", tis_cap=1.5)
+    assert AlgorithmConfig(loss=tis, replay=ReplayConfig(enable=True, staleness_cap=1.5)).trainer_loss() == tis
 
 
 @pytest.mark.parametrize("recipe, expected", [
@@ -395,13 +608,35 @@ def test_config_loss_params_match_policy_loss_signature():
     ("dapo", {"eps_low": 0.2, "eps_high": 0.28, "clip_ratio_c": 10.0, "kl_coef": 0.0, "loss_agg_mode": "token-mean"}),
     ("stratified_grpo", {"loss_agg_mode": "token-mean"}),
 ])
-def test_recipes_map_to_policy_loss_params(recipe, expected):
+def test_recipes_map_to_trainer_loss(recipe, expected):
     path = Path(__file__).resolve().parents[2] / "configs" / f"{recipe}.yaml"
     section = OmegaConf.load(path).get("algorithm", {})
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AlgorithmConfig), section))
-    params = cfg.loss_params()
+    loss = cfg.trainer_loss()
+    assert isinstance(loss, LossConfig)
     for k, v in expected.items():
-        assert params[k] == v, (recipe, k)
+        assert getattr(loss, k) == v, (recipe, k)
+
+
+@pytest.mark.parametrize("kw, match", [  # every LossConfig key names itself and says how to fix it
+    (dict(eps_low=1.0), "algorithm.loss.eps_low=1.0: must be in \\[0, 1\\)"),
+    (dict(eps_low=-0.1), "algorithm.loss.eps_low=-0.1: must be in \\[0, 1\\)"),
+    (dict(eps_high=-0.1), "algorithm.loss.eps_high=-0.1: must be >= 0"),
+    (dict(clip_ratio_c=1.0), "algorithm.loss.clip_ratio_c=1.0: must be > 1"),
+    (dict(loss_agg_mode="mean"), "algorithm.loss.loss_agg_mode='mean': use one of token-mean"),
+    (dict(ratio_level="seq"), "algorithm.loss.ratio_level='seq': use `token` or `sequence`"),
+    (dict(kl_coef=-0.1), "algorithm.loss.kl_coef=-0.1: must be >= 0"),
+    (dict(kl_estimator="k4"), "algorithm.loss.kl_estimator='k4': use one of k1"),
+    (dict(tis_level="seq"), "algorithm.loss.tis_level='seq': use `token`, `sequence` or null"),
+    (dict(tis_cap=0.0), "algorithm.loss.tis_cap=0.0: must be > 0"),
+    (dict(tis_scope="fresh"), "algorithm.loss.tis_scope='fresh': use `all` or `replayed`"),
+    (dict(loss_scale_factor=0.0), "algorithm.loss.loss_scale_factor=0.0: must be > 0"),
+    (dict(loss_agg_mode="seq-mean-token-sum-norm"), "algorithm.loss.loss_scale_factor=None: seq-mean-token-sum-norm "
+                                                    "needs a constant divisor"),
+])
+def test_loss_config_rejects_each_bad_value_by_key(kw, match):
+    with pytest.raises(ValueError, match=match):
+        LossConfig(**kw)
 
 
 def test_loss_config_validation_says_how_to_fix():
@@ -411,6 +646,8 @@ def test_loss_config_validation_says_how_to_fix():
         LossConfig(loss_agg_mode="seq-mean-token-sum-norm")
     with pytest.raises(ValueError, match="loss_agg_mode='mean': use one of token-mean"):
         LossConfig(loss_agg_mode="mean")
+    with pytest.raises(ValueError, match="algorithm.loss.tis_scope='fresh'"):  # through the YAML path too
+        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AlgorithmConfig), {"loss": {"tis_scope": "fresh"}}))
     with pytest.raises(ValueError, match="use one: set loss.kl_coef=0"):
         OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AlgorithmConfig),
                                             {"loss": {"kl_coef": 0.1}, "kl_in_reward": {"enable": True}}))

@@ -1,17 +1,19 @@
 """rl.ops.fused_policy_loss == rl.losses.policy_loss(naive logprobs): value, dL/dh, dL/dW, metrics.
 
-Every loss option of policy_loss that the fused op supports is compared on the same inputs (float64,
-so any mismatch is a real one), with a response mask and a global token count that differs from the
-local one (the micro-batch's share of a larger mini-batch).
+Every loss option (LossConfig) and per-token input (LossInputs) of policy_loss that the fused op supports is
+compared on the same inputs (float64, so any mismatch is a real one), with a response mask and a global token
+count that differs from the local one (the micro-batch's share of a larger mini-batch).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from unittest import mock
 
 import pytest
 import torch
 
+from rl.loss_config import LossConfig, LossInputs
 from rl.losses import policy_loss
 from rl.ops import fused_policy_loss, reference
 
@@ -34,6 +36,7 @@ def batch(dtype=torch.float64, seed=0, n=N, v=V, hdim=H):
         "ref": lp + 0.3 * torch.randn(n, generator=g, dtype=torch.float64),
         "rollout": lp + 0.5 * torch.randn(n, generator=g, dtype=torch.float64),
         "isw": torch.rand(n, generator=g, dtype=torch.float64) * 1.5,
+        "replayed": torch.arange(n) % 3 == 0,  # rows drawn from the replay buffer (tis_scope=replayed)
     }
     return h, w, y, t
 
@@ -46,15 +49,25 @@ OPTIONS = {
        for e in ("k1", "k2", "k3", "abs", "k1+", "k2+", "k3+")},
     "kl_metric_only": dict(kl_coef=0.0, ref_logprobs="ref"),
     "entropy_bonus": dict(entropy_coef=0.01),
-    "tis": dict(tis_cap=2.0, rollout_logprobs="rollout"),
+    "tis": dict(tis_level="token", tis_cap=2.0, rollout_logprobs="rollout"),
     "is_weights": dict(is_weights="isw"),
-    "everything": dict(clip_ratio_c=3.0, kl_coef=0.1, ref_logprobs="ref", entropy_coef=0.02, tis_cap=1.5,
-                       rollout_logprobs="rollout", is_weights="isw"),
+    "tis_replayed": dict(tis_level="token", tis_cap=1.2, tis_scope="replayed", rollout_logprobs="rollout",
+                         replayed="replayed", is_weights="isw"),
+    "everything": dict(clip_ratio_c=3.0, kl_coef=0.1, ref_logprobs="ref", entropy_coef=0.02, tis_level="token",
+                       tis_cap=1.5, rollout_logprobs="rollout", is_weights="isw"),
 }
+"""Keys of LossInputs name a tensor of `batch()`'s dict; every other key is a LossConfig field."""
+INPUT_KEYS = {f.name for f in dataclasses.fields(LossInputs)}
 
 
 def resolve(opts, t):
-    return {k: (t[v] if isinstance(v, str) and k != "kl_estimator" else v) for k, v in opts.items()}
+    return {k: (t[v] if k in INPUT_KEYS and isinstance(v, str) else v) for k, v in opts.items()}
+
+
+def split(opts):
+    """(LossConfig, per-token LossInputs fields) of resolved options."""
+    return (LossConfig(**{k: v for k, v in opts.items() if k not in INPUT_KEYS}),
+            {k: v for k, v in opts.items() if k in INPUT_KEYS})
 
 
 def naive_logprobs(h, w, y, temperature=1.0):
@@ -66,14 +79,16 @@ def naive_logprobs(h, w, y, temperature=1.0):
 def unfused(h, w, y, t, temperature, opts):
     """The reference composition: naive per-token logprobs/entropy, then policy_loss on a (1, N) batch."""
     lp, ent = naive_logprobs(h, w, y, temperature)
-    row = {k: (v[None] if isinstance(v, torch.Tensor) else v) for k, v in opts.items()}
-    return policy_loss(lp[None], t["old"][None], t["adv"][None], t["mask"][None], entropy=ent[None],
-                       global_num_tokens=GLOBAL_TOKENS, **row)
+    cfg, tensors = split(opts)
+    inputs = LossInputs(t["old"], t["adv"], t["mask"], global_num_tokens=GLOBAL_TOKENS, **tensors)
+    inputs = inputs.map(lambda v: v[None])  # (1, N): one row
+    return policy_loss(lp[None], inputs, cfg, entropy=ent[None])
 
 
 def fused(h, w, y, t, temperature, opts, **kw):
-    return fused_policy_loss(h, w, y, t["old"], t["adv"], temperature=temperature, response_mask=t["mask"],
-                             global_num_tokens=GLOBAL_TOKENS, compute_entropy=True, **opts, **kw)
+    cfg, tensors = split(opts)
+    inputs = LossInputs(t["old"], t["adv"], t["mask"], global_num_tokens=GLOBAL_TOKENS, **tensors)
+    return fused_policy_loss(h, w, y, inputs, cfg, temperature=temperature, compute_entropy=True, **kw)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -104,7 +119,7 @@ def test_all_clip_branches_are_exercised():
 def test_float32_and_chunk_invariance(chunk):
     h, w, y, t = batch(torch.float32, seed=1)
     opts = resolve(OPTIONS["everything"], t)
-    t32 = {k: v.float() for k, v in t.items()}
+    t32 = {k: (v.float() if v.is_floating_point() else v) for k, v in t.items()}
     loss0, _ = unfused(h, w, y, t32, 0.8, resolve(OPTIONS["everything"], t32))
     dh0, dw0 = torch.autograd.grad(loss0, [h, w])
     loss1, _ = fused(h, w, y, t, 0.8, opts, chunk_size=chunk)
@@ -133,12 +148,12 @@ def test_micro_batch_split_with_global_count_sums_to_full_batch():
     # Exact global token-mean: micro-batch losses/grads with the mini-batch token count add up exactly.
     h, w, y, t = batch(seed=3)
     n_tok = t["mask"].sum()
-    full, _ = fused_policy_loss(h, w, y, t["old"], t["adv"], response_mask=t["mask"])
+    full, _ = fused_policy_loss(h, w, y, LossInputs(t["old"], t["adv"], t["mask"]), LossConfig())
     g_full = torch.autograd.grad(full, [h, w])
     total, g_sum = 0.0, [torch.zeros_like(h), torch.zeros_like(w)]
     for part in (slice(0, 12), slice(12, N)):
-        loss, _ = fused_policy_loss(h[part], w, y[part], t["old"][part], t["adv"][part],
-                                    response_mask=t["mask"][part], global_num_tokens=n_tok)
+        inputs = LossInputs(t["old"][part], t["adv"][part], t["mask"][part], global_num_tokens=n_tok)
+        loss, _ = fused_policy_loss(h[part], w, y[part], inputs, LossConfig())
         dh, dw = torch.autograd.grad(loss, [h, w])
         total, g_sum = total + loss, [g_sum[0] + dh, g_sum[1] + dw]
     torch.testing.assert_close(total, full, atol=1e-12, rtol=1e-12)
@@ -149,10 +164,12 @@ def test_micro_batch_split_with_global_count_sums_to_full_batch():
 def test_no_gradient_work_without_grad():
     h, w, y, t = batch(seed=4)
     loss_ref, m_ref = fused(h, w, y, t, 1.0, {})
+    # the config is built before the no_grad block, as at config load (LossConfig probes its term with autograd)
+    cfg, inputs = LossConfig(), LossInputs(t["old"], t["adv"], t["mask"], global_num_tokens=GLOBAL_TOKENS)
     with mock.patch("rl.ops.fused_loss.chunk_grad", side_effect=AssertionError("gradient work under no_grad")):
         with torch.no_grad():
-            loss, m = fused(h, w, y, t, 1.0, {})
-        loss2, _ = fused(h.detach(), w.detach(), y, t, 1.0, {})
+            loss, m = fused_policy_loss(h, w, y, inputs, cfg, compute_entropy=True)
+        loss2, _ = fused_policy_loss(h.detach(), w.detach(), y, inputs, cfg, compute_entropy=True)
     assert not loss.requires_grad and not loss2.requires_grad
     torch.testing.assert_close(loss, loss_ref.detach(), atol=1e-12, rtol=1e-12)
     assert m == pytest.approx(m_ref)
@@ -161,7 +178,7 @@ def test_no_gradient_work_without_grad():
 def test_entropy_skipped_when_not_needed():
     h, w, y, t = batch(seed=5)
     with mock.patch("rl.ops.fused_loss.chunk_stats", wraps=reference.chunk_stats) as spy:
-        _, m = fused_policy_loss(h, w, y, t["old"], t["adv"], response_mask=t["mask"])
+        _, m = fused_policy_loss(h, w, y, LossInputs(t["old"], t["adv"], t["mask"]), LossConfig())
     assert all(call.args[2] is False for call in spy.call_args_list)  # with_entropy=False
     assert "actor/entropy" not in m
 
@@ -169,7 +186,8 @@ def test_entropy_skipped_when_not_needed():
 def test_all_masked_micro_batch():
     # A micro-batch with no valid token (e.g. every response overlong-filtered): 0 loss, zero grads.
     h, w, y, t = batch(seed=9)
-    loss, m = fused_policy_loss(h, w, y, t["old"], t["adv"], response_mask=torch.zeros(N), global_num_tokens=10)
+    inputs = LossInputs(t["old"], t["adv"], torch.zeros(N), global_num_tokens=10)
+    loss, m = fused_policy_loss(h, w, y, inputs, LossConfig())
     dh, dw = torch.autograd.grad(loss, [h, w])
     assert loss.item() == 0.0 and m["actor/num_tokens"] == 0.0
     assert torch.all(dh == 0) and torch.all(dw == 0)
@@ -198,11 +216,12 @@ def test_tied_embeddings_accumulate():
     def emb_grad(use_fused):
         emb = torch.nn.Embedding(v, hdim, _weight=base.clone()).double()
         hidden = torch.tanh(emb(ids) * 1.3)  # the hidden states depend on the same matrix as the LM head
+        cfg = LossConfig(entropy_coef=0.1)
         if use_fused:
-            loss, _ = fused_policy_loss(hidden, emb.weight, y, old, adv, entropy_coef=0.1, chunk_size=4)
+            loss, _ = fused_policy_loss(hidden, emb.weight, y, LossInputs(old, adv), cfg, chunk_size=4)
         else:
             lp, ent = naive_logprobs(hidden, emb.weight, y)
-            loss, _ = policy_loss(lp[None], old[None], adv[None], mask[None], entropy=ent[None], entropy_coef=0.1)
+            loss, _ = policy_loss(lp[None], LossInputs(old[None], adv[None], mask[None]), cfg, entropy=ent[None])
         loss.backward()
         return emb.weight.grad
 
@@ -228,14 +247,21 @@ def test_bf16_inputs():
     (dict(loss_agg_mode="seq-mean-token-mean"), "fused_loss=false"),
     (dict(ratio_level="sequence"), "GSPO"),
     (dict(tis_cap=2.0, tis_level="sequence", rollout_logprobs="old"), "fused_loss=false"),
-    (dict(tis_cap=2.0), "rollout_logprobs"),
-    (dict(clip_ratio_c=0.5), "dual-clip"),
-    (dict(kl_estimator="k9"), "kl_estimator"),
+    (dict(tis_cap=2.0, tis_level="token"), "rollout_logprobs"),
 ])
-def test_unsupported_or_invalid_params(kw, match):
+def test_unsupported_params(kw, match):
     h, w, y, t = batch()
-    kw = {k: (t[v] if k == "rollout_logprobs" else v) for k, v in kw.items()}
+    cfg, tensors = split(resolve(kw, t))
     with pytest.raises(ValueError, match=match):
-        fused_policy_loss(h, w, y, t["old"], t["adv"], **kw)
+        fused_policy_loss(h, w, y, LossInputs(t["old"], t["adv"], **tensors), cfg)
     with pytest.raises(ValueError, match=r"\(N,\)"):
-        fused_policy_loss(h, w, y, t["old"][:3], t["adv"])
+        fused_policy_loss(h, w, y, LossInputs(t["old"][:3], t["adv"]), LossConfig())
+
+
+@pytest.mark.parametrize("kw, match", [  # out-of-range values never reach the op: LossConfig rejects them by key
+    (dict(clip_ratio_c=0.5), r"algorithm\.loss\.clip_ratio_c=0\.5: must be > 1 \(verl 3\.0, DAPO 10\.0\) or null"),
+    (dict(kl_estimator="k9"), r"algorithm\.loss\.kl_estimator='k9': use one of k1"),
+])
+def test_invalid_params_rejected_by_loss_config(kw, match):
+    with pytest.raises(ValueError, match=match):
+        LossConfig(**kw)
