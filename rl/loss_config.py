@@ -173,12 +173,13 @@ def check_term(cfg: LossConfig) -> None:
     if unknown and not any(p.kind == p.VAR_KEYWORD for p in params):
         _fail("term_params", dict(cfg.term_params), f"{cfg.term} takes no parameter(s) {unknown}; it accepts "
               f"{sorted(names)}")
-    gen = torch.Generator().manual_seed(0)
-    logprobs = (-torch.rand(2, 3, generator=gen)).requires_grad_(True)
-    old = logprobs.detach() + 0.1 * torch.randn(2, 3, generator=gen)
-    adv = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.5, -2.0]])
     try:
-        pg, _ = run_term(cfg, logprobs, old, adv)
+        with torch.inference_mode(False), torch.enable_grad():  # a config may be built under no_grad
+            gen = torch.Generator().manual_seed(0)
+            logprobs = (-torch.rand(2, 3, generator=gen)).requires_grad_(True)
+            old = logprobs.detach() + 0.1 * torch.randn(2, 3, generator=gen)
+            adv = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.5, -2.0]])
+            pg, _ = run_term(cfg, logprobs, old, adv)
         if tuple(pg.shape) != (2, 3) or not bool(torch.isfinite(pg).all()):
             raise ValueError(f"returned shape {tuple(pg.shape)} / non-finite values for (2, 3) finite inputs")
         if bool((pg.detach()[adv == 0] != 0).any()):
