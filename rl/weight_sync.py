@@ -3,8 +3,8 @@
 Trainer rank 0 gathers full parameters (ZeRO-3 aware: every rank joins each all-gather) and streams
 them in buckets, so peak memory is one bucket of gathered parameters. Transports (`choose_transport`):
 - `object_store` (any setup; the CPU default and the GPU fallback): `gather_buckets` yields CPU
-  buckets that `rl/trainer.py` puts in Ray's object store and `rollout/worker.py` streams into
-  `engine.load_weights`;
+  buckets that `rl/trainer.py` puts in Ray's object store (`PublishedWeights`) and
+  `rollout/worker.py` streams into `engine.load_weights`;
 - `nccl` (GPU, split placement): a bucket is packed into one flat GPU buffer (`pack_bucket`) and
   broadcast over an NCCL group of trainer rank 0 and every vLLM worker (`nccl_group`); the vLLM
   workers unpack views of it and load them in place (`rollout/vllm.py`, WeightSyncExtension);
@@ -193,6 +193,16 @@ def full_state_dict(module: torch.nn.Module, *, zero_stage: int, keep: bool = Tr
     for bucket in gather_buckets(module, zero_stage=zero_stage, keep=keep):
         out.update(bucket)
     return out
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """A trainer rank's `publish_weights` result, for the rollout workers' `update_weights` (rank 0's)."""
+    transport: str
+    """The transport that carried this sync (`choose_transport`'s answer)."""
+    buckets: tuple[Any, ...] = ()
+    """Rank 0's Ray object refs to the buckets, in plan order; empty on other ranks and when a GPU transport
+    has already loaded the weights into the rollout workers."""
 
 
 # -- deadlines ----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import ray
 import torch
 
 from rl.types import Sample
+from rl.weight_sync import PublishedWeights
 from rollout.engine import SamplingParams
 
 ENGINES = {"hf": "rollout.hf_engine:HFEngine", "vllm": "rollout.vllm:VLLMEngine"}
@@ -50,9 +51,9 @@ class RolloutWorker:
             ))
         return samples
 
-    def update_weights(self, bucket_refs: list, version: int) -> int:
-        """Object store: load the buckets; GPU transports have already loaded them (refs == [])."""
-        for ref in bucket_refs:  # one bucket in memory at a time
+    def update_weights(self, published: PublishedWeights, version: int) -> int:
+        """Object store: load the buckets; a GPU transport has already loaded them (no buckets)."""
+        for ref in published.buckets:  # one bucket in memory at a time
             self.engine.load_weights(ray.get(ref))
         self.engine.finish_weight_update()
         self.version = version
