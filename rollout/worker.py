@@ -16,12 +16,12 @@ import torch
 
 from rl.types import Sample
 from rl.weight_sync import PublishedWeights
-from rollout.engine import SamplingParams
+from rollout.engine import RolloutEngine, SamplingParams
 
 ENGINES = {"hf": "rollout.hf_engine:HFEngine", "vllm": "rollout.vllm:VLLMEngine"}
 
 
-def make_engine(name: str, model_path: str, **kwargs: Any):
+def make_engine(name: str, model_path: str, **kwargs: Any) -> RolloutEngine:
     if name not in ENGINES:
         raise ValueError(f"rollout.engine={name!r}: known engines are {sorted(ENGINES)}")
     module, cls = ENGINES[name].split(":")
@@ -65,7 +65,7 @@ class RolloutWorker:
         self.engine.sleep()
 
     def tensor_parallel_size(self) -> int:
-        return getattr(self.engine, "tensor_parallel_size", 1)
+        return self.engine.tensor_parallel_size
 
     def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
         self.engine.init_weight_group(host, port, rank_offset, world_size)
