@@ -324,8 +324,8 @@ class Driver:
 
     # -- step 7: weights -------------------------------------------------------------------------
     def sync_weights(self, version: int) -> None:
-        refs = ray.get([r.publish_weights.remote() for r in self.w.trainer])[0]
-        ray.get([w.update_weights.remote(refs, version) for w in self.w.rollout])
+        published = ray.get([r.publish_weights.remote() for r in self.w.trainer])[0]  # rank 0's holds any buckets
+        ray.get([w.update_weights.remote(published, version) for w in self.w.rollout])
         self.version = version
 
     # -- step 8: eval, checkpoints -----------------------------------------------------------

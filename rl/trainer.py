@@ -29,7 +29,7 @@ from rl.batch import MicroBatch, collate, split_by_token_budget
 from rl.loss_config import LossConfig
 from rl.policy import PARITY_KEYS, PolicyModule, parity_sums
 from rl.types import Sample
-from rl.weight_sync import Deadline, WeightPublisher, full_state_dict, gather_buckets
+from rl.weight_sync import Deadline, PublishedWeights, WeightPublisher, full_state_dict, gather_buckets
 
 if TYPE_CHECKING:  # the launch schema's sections, sent to every rank as they are (frozen dataclasses)
     from launch.config import ModelConfig, TrainerConfig
@@ -233,19 +233,15 @@ class TrainerWorker:
             self.publisher.connect_nccl(host, port, world)
             _get(joins, timeout_s, "joining the trainer↔vLLM NCCL group")
 
-    def publish_weights(self) -> list | None:
-        """Collective: gather full parameters in buckets; rank 0 returns object-store refs to them.
-
-        With a GPU transport rank 0 loads them into the rollout workers itself and returns [].
-        """
+    def publish_weights(self) -> PublishedWeights:
+        """Collective: gather full parameters bucket by bucket. The driver hands rank 0's value to the rollout
+        workers: refs to the buckets (object store), or none (a GPU transport: rank 0 has loaded them itself)."""
         if self.publisher is not None:
             self.publisher.publish(self.receivers)
-            return [] if self.rank == 0 else None
-        refs = []
-        for bucket in gather_buckets(self.policy.model, zero_stage=self.zero_stage, keep=self.rank == 0):
-            if self.rank == 0:
-                refs.append(ray.put(bucket))
-        return refs if self.rank == 0 else None
+            return PublishedWeights(self.publisher.transport)
+        keep = self.rank == 0  # the other ranks only join the gathers
+        buckets = gather_buckets(self.policy.model, zero_stage=self.zero_stage, keep=keep)
+        return PublishedWeights("object_store", tuple(ray.put(b) for b in buckets if keep))  # one bucket at a time
 
     @torch.no_grad()
     def probe_logprobs(self, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:

@@ -3,15 +3,16 @@
 Trainer rank 0 gathers full parameters (ZeRO-3 aware: every rank joins each all-gather) and streams
 them in buckets, so peak memory is one bucket of gathered parameters. Transports (`choose_transport`):
 - `object_store` (any setup; the CPU default and the GPU fallback): `gather_buckets` yields CPU
-  buckets that `rl/trainer.py` puts in Ray's object store and `rollout/worker.py` streams into
-  `engine.load_weights`;
+  buckets that `rl/trainer.py` puts in Ray's object store (`PublishedWeights`) and
+  `rollout/worker.py` streams into `engine.load_weights`;
 - `nccl` (GPU, split placement): a bucket is packed into one flat GPU buffer (`pack_bucket`) and
   broadcast over an NCCL group of trainer rank 0 and every vLLM worker (`nccl_group`); the vLLM
   workers unpack views of it and load them in place (`rollout/vllm.py`, WeightSyncExtension);
 - `ipc` (GPU, colocated placement): every trainer rank packs the bucket on its own GPU and shares it
   by CUDA IPC with the vLLM worker on the same GPU, which loads it in place.
-Both sides walk the same `BucketPlan`, computed once from the trainer's parameter names and full
-shapes. Every sync runs under a deadline (`Deadline`, `with_deadline`, `wait_until`) and fails with
+Every transport cuts by one plan, `plan_buckets` over `param_metas` (names, full shapes, wire dtypes: each
+tensor sized by its dtype); a GPU transport's two sides walk the same `BucketPlan`, computed once by the trainer.
+Every sync runs under a deadline (`Deadline`, `with_deadline`, `wait_until`) and fails with
 `WeightSyncTimeout`, which says what to do, instead of hanging.
 
 This module imports no Ray: `WeightPublisher` drives the rollout side through a small `Receivers`
@@ -20,6 +21,7 @@ object that `rl/trainer.py` implements with actor calls, and CPU tests implement
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pickle
 import threading
@@ -30,49 +32,7 @@ from typing import Any, Callable, Iterator, Protocol, TypeVar
 import torch
 
 Bucket = list[tuple[str, torch.Tensor]]
-
-
-def _gathered(params: list[torch.nn.Parameter], zero_stage: int):
-    if zero_stage == 3:
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
-def gather_buckets(module: torch.nn.Module, *, zero_stage: int, bucket_bytes: int = 256 << 20,
-                   keep: bool = True, dtype: torch.dtype | None = None) -> Iterator[Bucket]:
-    """Yield buckets of (name, full CPU tensor); collective under ZeRO-3 (call on every rank).
-
-    `keep=False` (ranks other than 0) still joins the gathers but copies nothing. Tied weights
-    appear once, under their first name, as `named_parameters` reports them.
-    """
-    named = list(module.named_parameters())
-    start = 0
-    while start < len(named):
-        end, size = start, 0
-        while end < len(named) and (end == start or size + _numel(named[end][1]) * 4 <= bucket_bytes):
-            size += _numel(named[end][1]) * 4
-            end += 1
-        chunk = named[start:end]
-        with _gathered([p for _, p in chunk], zero_stage):
-            bucket = [(n, p.detach().to("cpu", dtype or p.dtype, copy=True)) for n, p in chunk] if keep else []
-        yield bucket
-        start = end
-
-
-def _numel(p: torch.Tensor) -> int:
-    return int(getattr(p, "ds_numel", p.numel()))  # ZeRO-3 partitions report their full size here
-
-
-def full_state_dict(module: torch.nn.Module, *, zero_stage: int, keep: bool = True) -> dict[str, torch.Tensor]:
-    """The whole model as one CPU state dict (for `final/` and checkpoints' HF export)."""
-    out: dict[str, torch.Tensor] = {}
-    for bucket in gather_buckets(module, zero_stage=zero_stage, keep=keep):
-        out.update(bucket)
-    return out
+T = TypeVar("T")
 
 
 # -- the bucket plan (pure) --------------------------------------------------------------------
@@ -189,18 +149,60 @@ def unpack_bucket(flat: torch.Tensor, bucket: BucketPlan) -> list[tuple[str, tor
     return [(m.name, _view(flat, m)) for m in bucket.tensors]
 
 
-def iter_packed_buckets(module: torch.nn.Module, plan: list[BucketPlan], *, zero_stage: int,
-                        device: torch.device | str, keep: bool = True) -> Iterator[torch.Tensor | None]:
-    """Collective under ZeRO-3 (call on every rank): one packed buffer per planned bucket.
+def _gathered(params: list[torch.nn.Parameter], zero_stage: int):
+    if zero_stage == 3:
+        import deepspeed
 
-    `keep=False` still joins each bucket's all-gather but packs nothing (yields None).
-    """
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    return contextlib.nullcontext()
+
+
+def _per_bucket(module: torch.nn.Module, plan: list[BucketPlan], zero_stage: int,
+                take: Callable[[BucketPlan, list[torch.nn.Parameter]], T]) -> Iterator[T]:
+    """Collective under ZeRO-3: `take(bucket, its gathered parameters)` per bucket, released before the yield."""
     params = dict(module.named_parameters())
     for bucket in plan:
         chunk = [params[m.name] for m in bucket.tensors]
         with _gathered(chunk, zero_stage):
-            flat = pack_bucket([p.data for p in chunk], bucket, device) if keep else None
-        yield flat
+            out = take(bucket, chunk)
+        yield out
+
+
+def iter_packed_buckets(module: torch.nn.Module, plan: list[BucketPlan], *, zero_stage: int,
+                        device: torch.device | str, keep: bool = True) -> Iterator[torch.Tensor | None]:
+    """GPU transports: one packed buffer per planned bucket; `keep=False` joins the gathers, packs nothing (None)."""
+    return _per_bucket(module, plan, zero_stage,
+                       lambda bucket, chunk: pack_bucket([p.data for p in chunk], bucket, device) if keep else None)
+
+
+def gather_buckets(module: torch.nn.Module, *, zero_stage: int, bucket_bytes: int = 256 << 20,
+                   keep: bool = True, dtype: torch.dtype | None = None) -> Iterator[Bucket]:
+    """Object store and `full_state_dict`: (name, full CPU tensor in the wire dtype) per bucket of the
+    `param_metas` plan, at half the GPU transports' bucket size (each bucket is a CPU copy on rank 0, in
+    Ray's object store and on every rollout worker). `keep=False` (ranks other than 0) still joins the
+    gathers but copies nothing (yields []). Tied weights appear once, under their first name.
+    """
+    return _per_bucket(module, plan_buckets(param_metas(module, dtype), bucket_bytes), zero_stage,
+                       lambda bucket, chunk: [(m.name, p.detach().to("cpu", getattr(torch, m.dtype), copy=True))
+                                              for m, p in zip(bucket.tensors, chunk)] if keep else [])
+
+
+def full_state_dict(module: torch.nn.Module, *, zero_stage: int, keep: bool = True) -> dict[str, torch.Tensor]:
+    """The whole model as one CPU state dict (for `final/` and checkpoints' HF export)."""
+    out: dict[str, torch.Tensor] = {}
+    for bucket in gather_buckets(module, zero_stage=zero_stage, keep=keep):
+        out.update(bucket)
+    return out
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """A trainer rank's `publish_weights` result, for the rollout workers' `update_weights` (rank 0's)."""
+    transport: str
+    """The transport that carried this sync (`choose_transport`'s answer)."""
+    buckets: tuple[Any, ...] = ()
+    """Rank 0's Ray object refs to the buckets, in plan order; empty on other ranks and when a GPU transport
+    has already loaded the weights into the rollout workers."""
 
 
 # -- deadlines ----------------------------------------------------------------------------------
@@ -229,9 +231,6 @@ class Deadline:
             f"(`ray logs`, or the dashboard). If the model is just large or the network slow, raise "
             f"rollout.sync_timeout_s; rollout.weight_transport=object_store avoids NCCL and CUDA IPC."
         )
-
-
-T = TypeVar("T")
 
 
 def with_deadline(fn: Callable[[], T], timeout_s: float, what: str) -> T:

@@ -3,13 +3,14 @@
 An engine turns prompt token ids into sampled responses and keeps the sampled tokens' logprobs
 (the behaviour policy μ, at the sampling temperature), and it accepts new weights from the trainer.
 `rollout/hf_engine.py` (transformers; CPU or GPU) and `rollout/vllm.py` (GPU clusters) implement it;
-`rollout/worker.py` wraps either in a Ray actor. Callers never special-case an engine.
+`rollout/worker.py` wraps either in a Ray actor and uses nothing of an engine but `RolloutEngine`
+(tests/unit/test_engine_protocol.py checks that), so callers never special-case an engine.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 import torch
 
@@ -40,6 +41,11 @@ class GenerationOutput:
 
 
 class RolloutEngine(Protocol):
+    tokenizer: Any
+    """The model's Hugging Face tokenizer: the worker decodes response texts with it."""
+    tensor_parallel_size: int
+    """GPUs (vLLM workers) this engine spans: each takes one rank in the NCCL weight group; 1 for HF."""
+
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[GenerationOutput]:
         """Sample `params.n` responses for every prompt; outputs are ordered prompt-major."""
         ...
@@ -58,4 +64,17 @@ class RolloutEngine(Protocol):
 
     def finish_weight_update(self) -> None:
         """After a weight update: wake up if asleep and drop caches computed with the old weights."""
+        ...
+
+    # GPU weight transports (rl/weight_sync.py), driven by trainer rank 0; an engine without them raises
+    def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
+        """NCCL: join the trainer↔engine group at ranks rank_offset … rank_offset + tensor_parallel_size − 1."""
+        ...
+
+    def receive_broadcast(self, plan_wire: list[dict[str, Any]]) -> None:
+        """NCCL: receive and load every bucket of the plan (`rl.weight_sync.plan_to_wire`) that rank 0 sends."""
+        ...
+
+    def load_ipc_bucket(self, bucket_wire: dict[str, Any], handles: dict[str, bytes]) -> None:
+        """CUDA IPC: load one bucket from the trainer rank sharing each GPU (`rl.weight_sync.ipc_handle`)."""
         ...

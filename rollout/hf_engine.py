@@ -14,7 +14,7 @@ distribution the tokens were drawn from.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable, NoReturn
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -29,6 +29,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 class HFEngine:
+    tensor_parallel_size = 1
+    """One process, one device: no tensor parallelism."""
+
     def __init__(self, model_path: str, *, dtype: str = "auto", device: str | None = None,
                  batch_size: int = 64, trust_remote_code: bool = False):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -119,6 +122,16 @@ class HFEngine:
     def finish_weight_update(self) -> None:
         """Nothing to refresh: no cache outlives a generate() call."""
 
+    # the GPU transports load into vLLM's workers in place; this engine only has load_weights
+    def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
+        _object_store_only("init_weight_group")
+
+    def receive_broadcast(self, plan_wire: list[dict[str, Any]]) -> None:
+        _object_store_only("receive_broadcast")
+
+    def load_ipc_bucket(self, bucket_wire: dict[str, Any], handles: dict[str, bytes]) -> None:
+        _object_store_only("load_ipc_bucket")
+
     @torch.no_grad()
     def score(self, prompts: list[list[int]], responses: list[list[int]], temperature: float) -> list[list[float]]:
         seqs = [p + r for p, r in zip(prompts, responses)]
@@ -133,6 +146,12 @@ class HFEngine:
             cols = torch.arange(width - len(r), width, device=self.device)
             out.append(logp[b, cols - 1, input_ids[b, cols]].tolist())
         return out
+
+
+def _object_store_only(method: str) -> NoReturn:
+    raise NotImplementedError(f"HFEngine.{method}: the hf engine takes weights only through the object store "
+                              f"(load_weights); the nccl and ipc transports need rollout.engine=vllm. Use "
+                              f"rollout.weight_transport=object_store or auto")
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

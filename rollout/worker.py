@@ -15,12 +15,13 @@ import ray
 import torch
 
 from rl.types import Sample
-from rollout.engine import SamplingParams
+from rl.weight_sync import PublishedWeights
+from rollout.engine import RolloutEngine, SamplingParams
 
 ENGINES = {"hf": "rollout.hf_engine:HFEngine", "vllm": "rollout.vllm:VLLMEngine"}
 
 
-def make_engine(name: str, model_path: str, **kwargs: Any):
+def make_engine(name: str, model_path: str, **kwargs: Any) -> RolloutEngine:
     if name not in ENGINES:
         raise ValueError(f"rollout.engine={name!r}: known engines are {sorted(ENGINES)}")
     module, cls = ENGINES[name].split(":")
@@ -50,9 +51,9 @@ class RolloutWorker:
             ))
         return samples
 
-    def update_weights(self, bucket_refs: list, version: int) -> int:
-        """Object store: load the buckets; GPU transports have already loaded them (refs == [])."""
-        for ref in bucket_refs:  # one bucket in memory at a time
+    def update_weights(self, published: PublishedWeights, version: int) -> int:
+        """Object store: load the buckets; a GPU transport has already loaded them (no buckets)."""
+        for ref in published.buckets:  # one bucket in memory at a time
             self.engine.load_weights(ray.get(ref))
         self.engine.finish_weight_update()
         self.version = version
@@ -64,7 +65,7 @@ class RolloutWorker:
         self.engine.sleep()
 
     def tensor_parallel_size(self) -> int:
-        return getattr(self.engine, "tensor_parallel_size", 1)
+        return self.engine.tensor_parallel_size
 
     def init_weight_group(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
         self.engine.init_weight_group(host, port, rank_offset, world_size)

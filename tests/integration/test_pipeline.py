@@ -1,7 +1,8 @@
 """The whole loop on local Ray with the tiny model and 2 DeepSpeed ranks (gloo).
 
 Shows, at ZeRO-2 and ZeRO-3: the weights change; the rollout workers hold exactly the synced
-weights (a probe sequence's logprobs agree between a rollout worker and the trainer); the outputs
+weights (a probe sequence's logprobs agree between a rollout worker and the trainer), which rank 0
+publishes whole and once each; the outputs
 are where docs/architecture.md says; a run killed after a checkpoint resumes at the right step and reproduces
 the uninterrupted run's metrics.
 """
@@ -70,6 +71,13 @@ def test_train_sync_and_outputs(ray_cluster, tmp_path, zero_stage):
     for a, b in zip(roll, train):
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4), (a, b)
     assert ray.get(workers.rollout[0].ping.remote()) == 2  # policy version after 2 syncs
+
+    # what a sync publishes: from every rank a PublishedWeights; rank 0's buckets hold every parameter once,
+    # gathered whole (ZeRO-3 partitions included), exactly as final/ has it
+    published = ray.get([t.publish_weights.remote() for t in workers.trainer])
+    assert [p.transport for p in published] == ["object_store"] * 2 and published[1].buckets == ()
+    synced = [named for ref in published[0].buckets for named in ray.get(ref)]
+    assert sorted(n for n, _ in synced) == sorted(after) and all(torch.equal(t, after[n]) for n, t in synced)
 
 
 def test_resume_continues_at_the_right_step_and_reproduces(ray_cluster, tmp_path):

@@ -32,6 +32,15 @@ def test_unknown_weight_name_is_an_error(engine):
         engine.load_weights([("nope", torch.zeros(1))])
 
 
+def test_gpu_weight_transports_are_refused_with_the_fix(engine):
+    assert engine.tensor_parallel_size == 1  # one rank if it ever joined an NCCL group
+    calls = [lambda: engine.init_weight_group("127.0.0.1", 1, 1, 2), lambda: engine.receive_broadcast([]),
+             lambda: engine.load_ipc_bucket({"nbytes": 0, "tensors": []}, {})]
+    for call in calls:
+        with pytest.raises(NotImplementedError, match="only through the object store.*weight_transport=object_store"):
+            call()
+
+
 def test_stop_string_ends_the_response(engine):
     tok = engine.tokenizer
     prompts = contract.prompts_of(tok)

@@ -83,7 +83,7 @@ def test_param_metas_reads_full_zero3_shapes_and_the_wire_dtype():
     p.ds_shape = torch.Size([32])  # a ZeRO-3 partition reports its full shape here
     p.data = torch.empty(0)
     got = {m.name: m for m in param_metas(model, torch.bfloat16)}
-    assert got["model.norm.weight"].shape == (32,)
+    assert got["model.norm.weight"].shape == (32,) and got["model.norm.weight"].nbytes == 32 * 2
     assert got["model.embed_tokens.weight"] == TensorMeta("model.embed_tokens.weight", "bfloat16", (50, 32))
     assert "lm_head.weight" not in got  # tied: sent once, under the embedding's name
     assert "lm_head.weight" in {m.name for m in param_metas(tiny(0, tie=False))}
@@ -122,13 +122,32 @@ def test_packed_buckets_rebuild_the_model(dtype, atol):
     assert all(f is None for f in iter_packed_buckets(src, plan, zero_stage=0, device="cpu", keep=False))
 
 
-def test_gather_buckets_is_unchanged():
+def test_object_store_buckets_follow_the_plan_of_the_gpu_transports():
     model = tiny(0)
     buckets = list(gather_buckets(model, zero_stage=0, bucket_bytes=4096))
+    plan = plan_buckets(param_metas(model), bucket_bytes=4096)
+    assert [[n for n, _ in b] for b in buckets] == [[m.name for m in b.tensors] for b in plan] and len(plan) > 3
     named = [(n, t) for b in buckets for n, t in b]
-    assert [n for n, _ in named] == [n for n, _ in model.named_parameters()]
+    assert [n for n, _ in named] == [n for n, _ in model.named_parameters()]  # tied lm_head once, as embed_tokens
     assert all(t.device.type == "cpu" and torch.equal(t, dict(model.named_parameters())[n]) for n, t in named)
-    assert all(b == [] for b in gather_buckets(model, zero_stage=0, keep=False))
+    wire = list(gather_buckets(model, zero_stage=0, bucket_bytes=4096, dtype=torch.bfloat16))
+    assert all(t.dtype == torch.bfloat16 for b in wire for _, t in b)
+    # other ranks join every bucket's gather (ZeRO-3 collectives) but copy nothing
+    assert list(gather_buckets(model, zero_stage=0, bucket_bytes=4096, keep=False)) == [[]] * len(plan)
+
+
+@pytest.mark.parametrize("transport", ["object_store", "packed"])
+def test_buckets_are_sized_by_the_dtype(transport):
+    """Eight 16×16 weights: 1 KiB each in float32, 512 B in bfloat16; a 2 KiB bucket holds 2 or 4 of them
+    (sizing every tensor at 4 bytes per element would cut both models alike)."""
+    def sizes(dtype: torch.dtype) -> list[int]:
+        model = torch.nn.Sequential(*[torch.nn.Linear(16, 16, bias=False) for _ in range(8)]).to(dtype)
+        if transport == "object_store":
+            return [len(b) for b in gather_buckets(model, zero_stage=0, bucket_bytes=2048)]
+        return [len(b.tensors) for b in plan_buckets(param_metas(model), bucket_bytes=2048)]
+
+    assert sizes(torch.float32) == [2, 2, 2, 2]
+    assert sizes(torch.bfloat16) == [4, 4]
 
 
 # -- the publisher's NCCL path with a fake broadcaster ----------------------------------------------
