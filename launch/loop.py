@@ -9,6 +9,9 @@
     7. sync weights trainer → rollout workers; bump the policy version
     8. metrics, periodic held-out eval, periodic checkpoint
 
+The algorithm's steps (rewards onto samples, shaping, KL in the reward, advantages, replay mixing, step
+metrics) are pure functions in rl/steps.py; this file holds their order, the Ray calls and the I/O.
+
 Run it with `python -m launch.train CONFIG [key=value ...]`; tests call `run(cfg)` directly.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -26,12 +30,11 @@ import torch
 from launch import checkpoint
 from launch.cluster import Workers, check_reachable, connect, create_workers
 from launch.config import Config, save_config
-from launch.metrics import MetricsLogger, aggregate_trainer_records, parity_metrics
+from launch.metrics import MetricsLogger
 from launch.prepare import Prepared, prepare, startup_warnings
-from rl.advantages import compute_advantages, strata_from_samples
-from rl.replay import per_weights, ratio_count, replay_metrics, rng_state, set_rng_state, topup_count
-from rl.sampling import overlong_penalty
-from rl.types import Sample
+from rl import steps
+from rl.replay import rng_state, set_rng_state
+from rl.types import PromptRequest, Sample, TrainResult
 from rollout.data import PromptIterator
 from rollout.engine import SamplingParams
 
@@ -68,6 +71,7 @@ class Driver:
         self.rng = random.Random(cfg.trainer.seed)
         self.step, self.version, self.next_group_id = 0, 0, 0
         self.generated_tokens = 0  # every sampled response token of the run (all rounds, eval excluded)
+        self.batch_size = cfg.trainer.train_prompts * cfg.rollout.group_size  # N = B·G (SSR tops up to it)
         self.start_step = self._maybe_resume()
         self.logger = MetricsLogger(self.out, total_steps=cfg.trainer.total_steps, config=asdict(cfg),
                                     wandb_mode=cfg.logging.wandb_mode, wandb_project=cfg.logging.wandb_project,
@@ -75,7 +79,7 @@ class Driver:
 
     # -- the loop --------------------------------------------------------------------------
     def train(self) -> None:
-        t = self.cfg.trainer
+        t, alg = self.cfg.trainer, self.cfg.algorithm
         if self.start_step == 0 and self.prep.eval_rows:
             self.logger.log(0, self.evaluate())
         for step in range(self.start_step + 1, t.total_steps + 1):
@@ -83,33 +87,21 @@ class Driver:
                 break
             self.step = step
             t0 = time.perf_counter()
-            samples, timing, rollout_metrics = self.collect()  # steps 1-4
-            metrics = {**rollout_metrics, **self.kl_in_reward(samples), **self.compute_advantages(samples)}  # step 5
-            self.logger.log_samples(step, [sample_record(s) for s in samples[:self.cfg.logging.samples_per_step]])
-            batch, replay_m = self.mix_replay(samples)
+            samples, timing, metrics = self.collect()  # steps 1-4 (rewards scored and shaped, groups filtered)
+            metrics.update(self.kl_in_reward(samples))  # step 5
+            metrics.update(steps.assign_advantages(samples, alg))
+            self.logger.log_samples(step, [steps.sample_record(s) for s in samples[:self.cfg.logging.samples_per_step]])
+            batch, replay_m = steps.mix_replay(samples, self.replay, self.replay_rng, alg, n_batch=self.batch_size,
+                                               step=step, version=self.version)
             metrics.update(replay_m)
 
             t_train = time.perf_counter()
-            ray.get([w.sleep.remote() for w in self.w.rollout])  # colocated: hand the GPUs to the trainer
-            ref = ray.put(batch)
-            results = ray.get([r.train_step.remote(ref, t.mini_batches, t.epochs) for r in self.w.trainer])
-            records = [rec for res in results for rec in res["records"]]
-            metrics.update(aggregate_trainer_records(records, results[0]["updates"]))
-            metrics.update(parity_metrics([res["parity"] for res in results]))
-            metrics["actor/lr"] = results[0]["lr"]
-            if results[0]["grad_norms"]:
-                metrics["actor/grad_norm"] = sum(results[0]["grad_norms"]) / len(results[0]["grad_norms"])
-            metrics["actor/skipped_zero_adv_frac"] = sum(r["skipped"] for r in results) / max(len(batch), 1)
-            metrics["actor/trained_samples"] = len(batch)
-            metrics["actor/informative_samples"] = sum(1 for s in batch if s.advantage)  # fresh and replayed
-            metrics.setdefault("loss/policy", 0.0)  # every sample skipped: all advantages 0, the loss is exactly 0
-            timing["perf/train_s"] = time.perf_counter() - t_train
-
+            metrics.update(steps.train_metrics(self.train_on(batch), batch))  # step 6
             t_sync = time.perf_counter()
             self.sync_weights(step)  # step 7
-            timing["perf/sync_s"] = time.perf_counter() - t_sync
+            timing.update({"perf/train_s": t_sync - t_train, "perf/sync_s": time.perf_counter() - t_sync})
 
-            tokens = timing.pop("perf/generated_tokens")
+            tokens = timing.pop("perf/generated_tokens")  # step 8
             self.generated_tokens += tokens
             last = step == t.total_steps or self.budget_spent()
             if self.prep.eval_rows and (last or (t.eval_every and step % t.eval_every == 0)):
@@ -138,7 +130,7 @@ class Driver:
         if self.sampler is None:
             groups = self._generate_round(B, G, timing)
             samples = [s for g in groups for s in g]
-            return samples, timing, self._rollout_metrics(samples)
+            return samples, timing, steps.rollout_metrics(samples)
         failed_rounds = 0
         short_ok = self.replay is not None  # after max_rounds the replay buffer fills the shortfall (SSR)
         while not self.sampler.ready(B, allow_short=short_ok):
@@ -155,31 +147,28 @@ class Driver:
                                        f"function; see {self.out / 'quarantine.jsonl'}")
         groups = self.sampler.take(B, allow_short=short_ok)
         samples = [s for g in groups for s in g]  # empty only when short_ok: mix_replay then fills the batch
-        metrics = self._rollout_metrics(samples)
+        metrics = steps.rollout_metrics(samples)
         metrics.update(self.sampler.metrics)
         return samples, timing, metrics
 
     def _generate_round(self, B: int, G: int, timing: dict) -> list[list[Sample]]:
         cfg = self.cfg
         t0 = time.perf_counter()
-        requests = []
-        for pid in self.iterator.next_ids(B):
-            row = self.prep.train_rows[pid]
-            requests.append({"prompt_id": pid, "group_id": self.next_group_id, "prompt_ids": row["prompt_ids"],
-                             "prompt_text": row["prompt_text"], "fields": row["fields"]})
-            self.next_group_id += 1
+        ids = self.iterator.next_ids(B)
+        requests = prompt_requests(self.prep.train_rows, ids, range(self.next_group_id, self.next_group_id + len(ids)))
+        self.next_group_id += len(ids)
         params = SamplingParams(n=G, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                 max_new_tokens=cfg.rollout.max_new_tokens, stop=list(cfg.rollout.stop),
                                 seed=self.rng.randrange(2**31))
         samples = self._generate_and_score(requests, params, timing, t0)
         timing["perf/generated_tokens"] += sum(len(s.response_ids) for s in samples)  # kept or not
-        self._shape_rewards(samples)
+        steps.shape_overlong(samples, cfg.algorithm.overlong, cfg.rollout.max_new_tokens)
         by_group: dict[int, list[Sample]] = {}
         for s in samples:
             by_group.setdefault(s.group_id, []).append(s)
         return list(by_group.values())
 
-    def _generate_and_score(self, requests: list[dict], params: SamplingParams, timing: dict | None = None,
+    def _generate_and_score(self, requests: list[PromptRequest], params: SamplingParams, timing: dict | None = None,
                             t0: float = 0.0) -> list[Sample]:
         """Generate on the rollout workers; each worker's samples go to the reward workers as soon as
         that worker finishes, so scoring overlaps the generation still running elsewhere."""
@@ -199,39 +188,17 @@ class Driver:
             timing["perf/generate_s"] += time.perf_counter() - t0
         t1 = time.perf_counter()
         samples = []
+        mask, names, acc_fn = self.cfg.algorithm.mask_reward_errors, self.prep.reward_names, self.cfg.reward.accuracy_fn
         for i in sorted(parts):  # shard order, not completion order: runs stay reproducible
             for k, results in enumerate(ray.get(scores[i])):
                 for s, res in zip(parts[i][k::K], results):
-                    self._apply_reward(s, res)
+                    steps.apply_reward(s, res, mask_errors=mask, reward_names=names, accuracy_fn=acc_fn)
             samples += parts[i]
         if timing is not None:
             timing["perf/reward_s"] += time.perf_counter() - t1
         return samples
 
-    def _apply_reward(self, s: Sample, res) -> None:
-        s.reward, s.reward_status, s.stratum = res.reward, res.status, res.stratum
-        s.reward_metrics = {k.removeprefix("reward/"): v for k, v in res.metrics.items()}
-        if res.status != "ok" and not self.cfg.algorithm.mask_reward_errors:
-            s.reward, s.reward_status = 0.0, "ok"  # opt-in: train on failures as reward 0
-        if s.reward is not None:
-            acc = accuracy(s, self.prep.reward_names, self.cfg.reward.accuracy_fn)
-            if acc is not None:
-                s.reward_metrics["acc"] = acc
-
-    def _shape_rewards(self, samples: list[Sample]) -> None:
-        """DAPO soft overlong punishment (added to the reward; accuracy metrics untouched)."""
-        ol = self.cfg.algorithm.overlong
-        if not ol.shaping:
-            return
-        max_new = self.cfg.rollout.max_new_tokens
-        pen = overlong_penalty(torch.tensor([s.response_length for s in samples]), max_new,
-                               ol.resolved_buffer(max_new), ol.penalty_factor).tolist()
-        for s, p in zip(samples, pen):
-            if s.reward is not None:
-                s.reward_metrics["overlong_penalty"] = p
-                s.reward += p
-
-    # -- step 5: advantages ----------------------------------------------------------------------
+    # -- steps 5-6: the trainer ranks ----------------------------------------------------------
     def kl_in_reward(self, samples: list[Sample]) -> dict[str, float]:
         """Optional PPO-RLHF-style penalty: reward −= coef · Σ_t KL_t(π_θ‖π_ref), before advantages."""
         kr = self.cfg.algorithm.kl_in_reward
@@ -239,88 +206,14 @@ class Driver:
             return {}
         ref = ray.put(samples)
         parts = ray.get([t.sequence_kl.remote(ref, kr.estimator) for t in self.w.trainer])
-        kl = {i: v for part in parts for i, v in part.items()}
-        for i, s in enumerate(samples):
-            if s.reward is not None:
-                s.reward_metrics["kl"] = kl[i]
-                s.reward -= kr.coef * kl[i]
-        return {"reward/kl_penalty_mean": kr.coef * sum(kl.values()) / len(kl)}
+        return steps.apply_kl_penalty(samples, {i: v for part in parts for i, v in part.items()}, kr.coef)
 
-    def compute_advantages(self, samples: list[Sample]) -> dict[str, float]:
-        alg = self.cfg.algorithm
-        ok = [s for s in samples if s.reward_status == "ok" and s.reward is not None]
-        for s in samples:
-            s.advantage = None
-        if not ok:
-            return {"actor/zero_adv_group_frac": 1.0}
-        rewards = torch.tensor([s.reward for s in ok], dtype=torch.float32)
-        group_ids = torch.tensor([s.group_id for s in ok], dtype=torch.long)
-        strata = strata_from_samples(ok, alg.advantage.strata_source, length_bucket_size=alg.advantage.length_bucket_size) \
-            if alg.advantage.strata_source else None
-        adv = compute_advantages(alg.advantage.name, rewards, group_ids, strata=strata, **alg.advantage_params())
-        for s, a in zip(ok, adv.tolist()):
-            # overlong filtering: truncated answers keep their place in the group statistics but train no token
-            s.advantage = None if (alg.overlong.filtering and s.truncated) else a
-        groups: dict[int, list[float]] = {}
-        for s, a in zip(ok, adv.tolist()):
-            groups.setdefault(s.group_id, []).append(a)
-        zero = sum(all(abs(a) < 1e-12 for a in g) for g in groups.values()) / len(groups)
-        return {"actor/zero_adv_group_frac": zero, "actor/advantage_abs_mean": float(adv.abs().mean())}
-
-    def mix_replay(self, samples: list[Sample]) -> tuple[list[Sample], dict[str, float]]:
-        """SSR (arXiv 2504.08837 Alg. 1; docs/algorithms.md, "Replay buffer"): the fresh informative samples D_eff
-        enter the buffer and the batch is topped up with prioritised draws from it. Trains on D_eff ∪ draws:
-        zero-advantage rows would only dilute the token mean. Returns (the trained batch, replay/* metrics)."""
-        rc = self.cfg.algorithm.replay
-        if self.replay is None:
-            return samples, {}
-        self.replay.add(samples, step=self.step)
-        eff = [s for s in samples if s.advantage]  # |Â| > 0 (None = masked out, 0 = no signal)
-        n_batch = self.cfg.trainer.train_prompts * self.cfg.rollout.group_size
-        n = topup_count(n_batch, len(eff)) if rc.mode == "shortfall" else ratio_count(len(eff), rc.ratio)
-        replayed, probs = self.replay.sample(n, self.replay_rng, current_version=self.version)
-        u = per_weights(probs, len(self.replay), rc.per_beta).tolist() if rc.per_beta is not None else []
-        for k, s in enumerate(replayed):  # copies: setting fields never touches the stored entries
-            s.replayed, s.is_weight = True, (u[k] if u else 1.0)
-        batch = eff + replayed
-        if not batch:  # nothing informative and an empty buffer
-            if not samples:  # a dynamic-sampling step that ended with no group at all
-                raise RuntimeError(
-                    f"dynamic sampling: no informative group in {self.cfg.algorithm.dynamic_sampling.max_rounds} "
-                    "rounds and nothing in the replay buffer to train on. The data is too hard or too easy for the "
-                    "current model: raise algorithm.dynamic_sampling.max_rounds, raise rollout.group_size, or use a "
-                    "dataset of matching difficulty")
-            batch = list(samples)  # the fresh batch trains (all rows skipped), as without replay
-        # mini-batches are contiguous slices: interleave so that no update sees only replayed rows
-        batch = [batch[i] for i in torch.randperm(len(batch), generator=self.replay_rng).tolist()]
-        return batch, replay_metrics(self.replay, replayed, n_batch=len(batch), current_version=self.version,
-                                     n_requested=n)
-
-    def _rollout_metrics(self, samples: list[Sample]) -> dict[str, float]:
-        if not samples:  # a dynamic-sampling step that ended with no informative group (replay fills it)
-            return {"reward/mean": float("nan"), "rollout/num_samples": 0}
-        ok = [s for s in samples if s.reward_status == "ok" and s.reward is not None]
-        lengths = [s.response_length for s in samples]
-        m = {
-            "reward/mean": sum(s.reward for s in ok) / len(ok) if ok else float("nan"),
-            "reward/error_rate": sum(s.reward_status == "error" for s in samples) / len(samples),
-            "reward/timeout_rate": sum(s.reward_status == "timeout" for s in samples) / len(samples),
-            "rollout/response_length_mean": sum(lengths) / len(lengths),
-            "rollout/response_length_max": max(lengths),
-            "rollout/truncated_frac": sum(s.truncated for s in samples) / len(samples),
-            "rollout/num_samples": len(samples),
-        }
-        keys = {k for s in ok for k, v in s.reward_metrics.items() if isinstance(v, (int, float))}
-        for k in sorted(keys):
-            vals = [s.reward_metrics[k] for s in ok if k in s.reward_metrics]
-            m[f"reward/{k}"] = sum(vals) / len(vals)
-        strata: dict[str, list[float]] = {}
-        for s in ok:
-            if s.stratum is not None:
-                strata.setdefault(str(s.stratum), []).append(s.reward)
-        for name, vals in strata.items():
-            m[f"reward/stratum/{name}/mean"], m[f"reward/stratum/{name}/count"] = sum(vals) / len(vals), len(vals)
-        return m
+    def train_on(self, batch: list[Sample]) -> list[TrainResult]:
+        """One step's updates on every trainer rank (each takes its shard of every mini-batch)."""
+        t = self.cfg.trainer
+        ray.get([w.sleep.remote() for w in self.w.rollout])  # colocated: hand the GPUs to the trainer
+        ref = ray.put(batch)
+        return ray.get([r.train_step.remote(ref, t.mini_batches, t.epochs) for r in self.w.trainer])
 
     # -- step 7: weights -------------------------------------------------------------------------
     def sync_weights(self, version: int) -> None:
@@ -331,16 +224,10 @@ class Driver:
     # -- step 8: eval, checkpoints -----------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         rows = self.prep.eval_rows
-        requests = [{"prompt_id": i, "group_id": -1, "prompt_ids": r["prompt_ids"], "prompt_text": r["prompt_text"],
-                     "fields": r["fields"]} for i, r in enumerate(rows)]
+        requests = prompt_requests(rows, range(len(rows)), [-1] * len(rows))
         params = SamplingParams(n=1, greedy=True, max_new_tokens=self.cfg.rollout.max_new_tokens,
                                 stop=list(self.cfg.rollout.stop))
-        samples = self._generate_and_score(requests, params)
-        ok = [s for s in samples if s.reward_status == "ok" and s.reward is not None]
-        out = {"eval/reward_mean": sum(s.reward for s in ok) / max(len(ok), 1), "eval/num_prompts": len(samples)}
-        if any("acc" in s.reward_metrics for s in ok):  # a failed reward counts as not correct
-            out["eval/accuracy"] = sum(s.reward_metrics.get("acc", 0.0) for s in ok) / len(samples)
-        return out
+        return steps.eval_metrics(self._generate_and_score(requests, params))
 
     def driver_state(self) -> dict:
         return {"step": self.step, "version": self.version, "next_group_id": self.next_group_id,
@@ -388,27 +275,7 @@ class Driver:
             self.logger.close()
 
 
-def sample_record(s: Sample) -> dict:
-    """What samples.jsonl keeps of a sample: the rendered prompt, the completion and how it was scored."""
-    return {"prompt_id": s.prompt_id, "group_id": s.group_id, "policy_version": s.policy_version,
-            "prompt": s.prompt_text, "completion": s.response_text, "response_tokens": s.response_length,
-            "finish_reason": s.finish_reason, "reward": s.reward, "reward_status": s.reward_status,
-            "reward_metrics": dict(s.reward_metrics), "advantage": s.advantage}
-
-
-def accuracy(sample: Sample, reward_names: tuple[str, ...], accuracy_fn: str | None) -> float | None:
-    """A sample's correctness: the `acc` of reward function `accuracy_fn`, or of the one function that
-    reports it; None when none does. Never the weighted reward: with fns=[math, format] a well-formatted
-    wrong answer is wrong. Taken before overlong shaping, so a length penalty alone never makes a group
-    look informative to dynamic sampling (DAPO arXiv 2503.14476 §3.2)."""
-    if accuracy_fn is not None:
-        if f"{accuracy_fn}/acc" not in sample.reward_metrics:
-            raise RuntimeError(f"reward.accuracy_fn={accuracy_fn}: that function returned no `acc` for a sample "
-                               f"(it returned {sorted(k for k in sample.reward_metrics if k.startswith(accuracy_fn))}); "
-                               "return {'reward': ..., 'acc': ...} from it, or name another function")
-        return float(sample.reward_metrics[f"{accuracy_fn}/acc"])
-    reporting = [n for n in reward_names if f"{n}/acc" in sample.reward_metrics]
-    if len(reporting) > 1:
-        raise RuntimeError(f"reward functions {reporting} all report `acc`: set reward.accuracy_fn to the one that "
-                           "defines a correct answer")
-    return float(sample.reward_metrics[f"{reporting[0]}/acc"]) if reporting else None
+def prompt_requests(rows: list[dict], ids: Sequence[int], group_ids: Sequence[int]) -> list[PromptRequest]:
+    """Requests for the prepared rows `rows[i]` (launch.prepare), row ids[k] as group group_ids[k]."""
+    return [PromptRequest(prompt_id=i, group_id=g, prompt_ids=rows[i]["prompt_ids"], prompt_text=rows[i]["prompt_text"],
+                          fields=rows[i]["fields"]) for i, g in zip(ids, group_ids, strict=True)]

@@ -20,41 +20,6 @@ from typing import Any
 log = logging.getLogger("rlvr")
 
 
-def aggregate_trainer_records(records: list[dict[str, float]], num_updates: int) -> dict[str, float]:
-    """Combine per-micro-batch metrics from all ranks.
-
-    `loss/*` are each micro-batch's share of its mini-batch loss (global-count normalisation), so
-    they are summed, then averaged over the step's updates; `*_max` take the max; everything else
-    (`actor/*`) is a token-weighted mean by `actor/num_tokens`.
-    """
-    out: dict[str, float] = {}
-    weight = sum(r.get("actor/num_tokens", 0.0) for r in records) or 1.0
-    keys = {k for r in records for k in r}
-    for k in sorted(keys):
-        vals = [(r[k], r.get("actor/num_tokens", 0.0)) for r in records if k in r]
-        if k.startswith("loss/"):
-            out[k] = sum(v for v, _ in vals) / max(num_updates, 1)
-        elif k.endswith("_max"):
-            out[k] = max(v for v, _ in vals)
-        elif k == "actor/num_tokens":
-            out[k] = sum(v for v, _ in vals) / max(num_updates, 1)
-        else:
-            out[k] = sum(v * w for v, w in vals) / weight
-    return out
-
-
-def parity_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
-    """Trainer-vs-rollout-engine logprob gap of the step's trained tokens, from every rank's sums
-    (rl.policy.parity_sums): mean and max |ℓ^trainer − ℓ^engine|, and the k3 estimate of KL(engine‖trainer).
-    Empty when no token was trained."""
-    count = sum(p["parity/count"] for p in parts)
-    if not count:
-        return {}
-    return {"rollout/logprob_diff_mean": sum(p["parity/abs_sum"] for p in parts) / count,
-            "rollout/logprob_diff_max": max(p["parity/abs_max"] for p in parts),
-            "rollout/behaviour_kl_k3": sum(p["parity/k3_sum"] for p in parts) / count}
-
-
 class MetricsLogger:
     def __init__(self, output_dir: str | Path, *, total_steps: int, config: dict, wandb_mode: str,
                  wandb_project: str, console: str, start_step: int = 0):

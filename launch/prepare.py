@@ -1,8 +1,8 @@
 """Everything the driver checks and loads before it starts a worker.
 
-Order matters for the user: cheap checks that can fail on a typo come first (reward specs, data
-files and columns, the model path), so a bad run stops in seconds with a one-line error, before
-any model is loaded. Then the model alias is materialised and the prompts are tokenised once.
+Order matters for the user: cheap checks that can fail on a typo come first (reward specs, the
+advantage estimator, data files and columns, the model path), so a bad run stops in seconds with a
+one-line error, before any model is loaded. Then the model alias is materialised and the prompts are tokenised once.
 """
 
 from __future__ import annotations
@@ -63,6 +63,10 @@ def startup_warnings(cfg: Config) -> list[str]:
 
 def prepare(cfg: Config) -> Prepared:
     reward_names = check_rewards(cfg)
+    try:  # a plug-in estimator is imported here: its signature and params are checked before any model loads
+        cfg.algorithm.advantage_params()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     d = cfg.data
     kw = dict(prompt_key=d.prompt_key, answer_key=d.answer_key, arith=d.arith)
     eval_raw = load_rows(d.eval, split="eval", **kw) if d.eval else []

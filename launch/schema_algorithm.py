@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, NoReturn
 
-from rl.advantages import ADVANTAGES, SINGLETON_POLICIES, STRATA_SOURCES, advantage_param_names
+from rl.advantages import SINGLETON_POLICIES, STRATA_SOURCES, resolve_advantage
 from rl.loss_config import LossConfig
 from rl.replay import ReplayBuffer
 from rl.sampling import DynamicSampler
@@ -31,7 +31,8 @@ def _fail(key: str, value: Any, fix: str) -> NoReturn:
 @dataclass(frozen=True)
 class AdvantageConfig:
     name: str = "grpo"
-    """Advantage estimator: grpo, dr_grpo (no std), rloo, reinforce_pp (REINFORCE++-baseline), stratified."""
+    """Advantage estimator: grpo, dr_grpo (no std), rloo, reinforce_pp (REINFORCE++-baseline), stratified, or your
+    own `pkg.module:fn` / `path/to/file.py:fn` (docs/algorithms.md, "Plug in an estimator")."""
     std_ddof: int = 1
     """Std of the group (grpo, stratified GN part) or batch (reinforce_pp) normaliser:
     1 = Bessel (verl), 0 = population."""
@@ -48,10 +49,13 @@ class AdvantageConfig:
     `length_bucket`, `truncated`, `tool_calls` (reward_metrics["tool_calls"]); null = no strata."""
     length_bucket_size: int = 512
     """strata_source=length_bucket: response tokens per bucket (stratum = length // size)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Further keyword params of the estimator, e.g. `{beta: 0.5}` for a plug-in with `*, strata=None, beta`.
+    The fields above (std_ddof, eps, singleton, alpha, san_std_ddof) go to every estimator that takes them."""
 
     def __post_init__(self) -> None:
-        if self.name not in ADVANTAGES:
-            _fail("advantage.name", self.name, f"use one of {', '.join(ADVANTAGES.names())}")
+        if ":" not in self.name:  # a plug-in is imported (and checked) by launch.prepare, not at config load
+            self.estimator_params()
         if self.std_ddof not in (0, 1) or self.san_std_ddof not in (0, 1):
             _fail("advantage.std_ddof/san_std_ddof", (self.std_ddof, self.san_std_ddof), "use 0 or 1")
         if self.eps < 0:
@@ -67,6 +71,24 @@ class AdvantageConfig:
                   "reward (the reward function returns a `stratum`), tool_calls, length_bucket or truncated")
         if self.length_bucket_size < 1:
             _fail("advantage.length_bucket_size", self.length_bucket_size, "must be >= 1")
+
+    def estimator_params(self) -> dict[str, Any]:
+        """Keyword params of estimator `name`: the fields it takes by name, then `params`. Resolves `name`
+        (imports a plug-in) and checks its signature and the params; ValueError naming the key otherwise."""
+        try:
+            estimator = resolve_advantage(self.name)
+        except (KeyError, ValueError, TypeError) as e:  # unknown name, bad plug-in spec, bad signature
+            _fail("advantage.name", self.name, str(e))
+        fields = ("std_ddof", "eps", "singleton", "alpha", "san_std_ddof")  # passed to estimators that take them
+        for key in self.params:
+            if key in fields:
+                _fail(f"advantage.params.{key}", self.params[key], f"set algorithm.advantage.{key} instead")
+        params = {k: getattr(self, k) for k in fields if k in estimator.params} | self.params
+        try:
+            estimator.check(params)
+        except TypeError as e:
+            _fail("advantage.params", self.params, str(e))
+        return params
 
 
 @dataclass(frozen=True)
@@ -269,9 +291,8 @@ class AlgorithmConfig:
         return self.loss
 
     def advantage_params(self) -> dict[str, Any]:
-        """Keyword params of `compute_advantages` for `advantage.name` (only those that estimator accepts)."""
-        return {k: getattr(self.advantage, k) for k in advantage_param_names(self.advantage.name)
-                if hasattr(self.advantage, k)}
+        """Keyword params of `compute_advantages` for `advantage.name` (`AdvantageConfig.estimator_params`)."""
+        return self.advantage.estimator_params()
 
     @property
     def needs_reference(self) -> bool:

@@ -4,13 +4,13 @@
     fn = reward.load("math")                                  # or "pkg.mod:fn", "path/file.py:fn"
     with reward.RewardRunner(["math", {"fn": "format", "weight": 0.1}], timeout_s=10) as runner:
         results = runner.score([{"prompt": "...", "completion": "...", "answer": "42"}])
-    reward.summarize(results)   # {"reward/mean": ..., "reward/error_rate": ..., ...}
+    results[0].reward, results[0].metrics     # Σ w·r, {"math": ..., "math/acc": ..., "format": ...}
 
 See docs/reward.md for the plug-in contract, statuses, quarantine and isolation guarantees.
 The Ray actor that wraps a runner is in reward/worker.py (the only module that imports ray).
 """
 
-from reward.metrics import combine, summarize
+from reward.metrics import combine
 from reward.pool import RewardWorkerError
 from reward.registry import BUILTINS, RewardFn, RewardSpecError, load, resolve_specs
 from reward.runner import RewardRunner
@@ -28,6 +28,5 @@ __all__ = [
     "combine",
     "load",
     "resolve_specs",
-    "summarize",
     "time_left",
 ]

@@ -2,8 +2,7 @@
 
     with RewardRunner(["math", {"fn": "format", "weight": 0.2}], timeout_s=10, num_workers=4,
                       quarantine_path="out/reward_quarantine.jsonl") as runner:
-        results = runner.score([{"prompt": p, "completion": c, "answer": a}, ...])
-        metrics = summarize(results)
+        results = runner.score([{"prompt": p, "completion": c, "answer": a}, ...])  # one RewardResult per row
 
 Specs are resolved and their signatures checked in the constructor (before any model is
 loaded), then `num_workers` sandboxed worker processes start and import the functions. Each

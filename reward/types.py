@@ -22,7 +22,7 @@ class RewardResult:
     reward: float | None
     """Σ weight·reward over the functions; None when a function failed (unless `error_reward` is set)."""
     metrics: dict[str, float] = field(default_factory=dict)
-    """Per-sample metrics: `reward/<fn>` (that function's reward) and `reward/<fn>/<key>` (dict keys)."""
+    """Per-sample metrics: `<fn>` (that function's reward) and `<fn>/<key>` (its dict's other numeric keys)."""
     status: RewardStatus = "ok"
     """"ok"; "error" (raised, crashed, bad return value); "timeout" (passed the per-call deadline)."""
     error: str | None = None

@@ -7,9 +7,11 @@ Every estimator is registered with `@register_advantage(name)` and has ONE signa
 
     fn(rewards (N,) float64, group_ids (N,) long, *, strata (N,) long | None, **keyword params) -> (N,) float64
 
-`compute_advantages` validates inputs and params, computes in float64 and returns the rewards' float
-dtype (float32 for integer rewards). The driver never special-cases a name; the config maps its fields
-to an entry's params with `advantage_param_names(name)`.
+`compute_advantages` takes a registered name, a plug-in `"pkg.module:fn"` / `"path/to/file.py:fn"`
+(`ADVANTAGES.resolve`) or the function itself; it checks the signature above and the params, computes in
+float64 and returns the rewards' float dtype (float32 for integer rewards). The driver never special-cases
+a name; the config maps its fields and `algorithm.advantage.params` to an entry's params with
+`resolve_advantage(spec)` (docs/algorithms.md, "Plug in an estimator").
 
 Groups are keyed by `group_ids` (any integers; one id per prompt per generation round, like verl's per-batch
 `uid`, so a prompt drawn twice forms two groups) and reduced with scatter ops, so there is no Python loop
@@ -22,8 +24,10 @@ reproduces verl (mean := 0, std := 1, i.e. the raw score). See docs/algorithms.m
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,23 +43,73 @@ STRATA_SOURCES = ("reward", "length_bucket", "truncated", "tool_calls")
 
 
 def compute_advantages(
-    name: str, rewards: Tensor, group_ids: Tensor, *, strata: Tensor | None = None, **params: Any
+    spec: str | Callable[..., Tensor], rewards: Tensor, group_ids: Tensor, *, strata: Tensor | None = None,
+    **params: Any,
 ) -> Tensor:
     """Per-sample advantages (N,) for rewards (N,) grouped by group_ids (N,); see the module docstring."""
-    fn = ADVANTAGES.get(name)
-    accepted = advantage_param_names(name)
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise TypeError(f"advantage {name!r} got unknown params {unknown}; it accepts {accepted}")
+    estimator = resolve_advantage(spec)
+    estimator.check(params)
     out_dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
     r, g, s = _validate(rewards, group_ids, strata)
-    return fn(r, g, strata=s, **params).to(out_dtype)
+    return estimator.fn(r, g, strata=s, **params).to(out_dtype)
 
 
-def advantage_param_names(name: str) -> list[str]:
-    """Keyword params (besides `strata`) that the estimator `name` accepts, e.g. ["eps", "singleton", "std_ddof"]."""
-    sig = inspect.signature(ADVANTAGES.get(name))
-    return sorted(p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY and p.name != "strata")
+SIGNATURE = "fn(rewards (N,) float64, group_ids (N,) long, *, strata=None, **params) -> advantages (N,)"
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A resolved advantage estimator and the keyword params its signature takes."""
+
+    fn: Callable[..., Tensor]
+    shown: str
+    """The spec as written (or the function's name), for error messages."""
+    params: tuple[str, ...]
+    """Keyword-only params besides `strata`, sorted."""
+    required: frozenset[str]
+    """Those without a default."""
+    any_params: bool
+    """Whether it takes `**params` (then any keyword is accepted)."""
+
+    def check(self, params: dict[str, Any]) -> None:
+        """TypeError unless `params` fits: no unknown key (unless **params), every required one given."""
+        unknown = [] if self.any_params else sorted(set(params) - set(self.params))
+        if unknown:
+            near = difflib.get_close_matches(unknown[0], self.params, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise TypeError(f"advantage {self.shown!r} got unknown params {unknown}{hint}; it accepts "
+                            f"{list(self.params)}: drop the others (config: algorithm.advantage.params) or use an "
+                            "estimator that takes them")
+        missing = sorted(self.required - set(params))
+        if missing:
+            raise TypeError(f"advantage {self.shown!r} needs params {missing} (keyword-only, no default): give each "
+                            f"a value (config: algorithm.advantage.params={{{missing[0]}: ...}})")
+
+
+def resolve_advantage(spec: str | Callable[..., Tensor]) -> Estimator:
+    """The estimator `spec` names (registered name or plug-in; a function is taken as is), its signature
+    checked against the registry's one signature. UnknownNameError / PluginError / TypeError otherwise."""
+    fn = spec if callable(spec) else ADVANTAGES.resolve(spec)
+    shown = spec if isinstance(spec, str) else getattr(fn, "__qualname__", repr(fn))
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"advantage {shown!r}: cannot read its signature ({exc}); expected {SIGNATURE}") from None
+    ps = list(sig.parameters.values())
+    positional = [p.name for p in ps if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    strata = sig.parameters.get("strata")
+    if len(positional) != 2 or any(p.kind is p.VAR_POSITIONAL for p in ps):
+        problem = (f"it takes positional params {positional}; it must take exactly two, (rewards, group_ids), and "
+                   "its own params keyword-only, after `*`")
+    elif strata is None or strata.kind is not strata.KEYWORD_ONLY or strata.default is not None:
+        problem = "it must take the keyword-only param `strata=None` (stratum ids (N,) long, or None)"
+    else:
+        keyword = [p for p in ps if p.kind is p.KEYWORD_ONLY and p.name != "strata"]
+        return Estimator(fn, shown, tuple(sorted(p.name for p in keyword)),
+                         frozenset(p.name for p in keyword if p.default is p.empty),
+                         any(p.kind is p.VAR_KEYWORD for p in ps))
+    raise TypeError(f"advantage {shown!r}: signature {getattr(fn, '__name__', 'fn')}{sig} does not fit "
+                    f"{SIGNATURE}: {problem}")
 
 
 # --------------------------------------------------------------------------- estimators

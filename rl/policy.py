@@ -118,7 +118,7 @@ def parity_sums(trainer_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor,
     token count, Σ|ℓ^π − ℓ^μ|, Σ k3 and max |ℓ^π − ℓ^μ|, with ℓ^π the trainer's logprob of a rollout
     token before the update and ℓ^μ the engine's. k3 = r − 1 − log r with r = π/μ is Schulman's unbiased,
     non-negative estimator of KL(μ‖π) on tokens drawn from μ. Replayed tokens (`replayed` True) are left
-    out: their gap is their age, not an engine mismatch. `launch.metrics.parity_metrics` turns the sums
+    out: their gap is their age, not an engine mismatch. `rl.steps.train_metrics` turns the ranks' sums
     into rollout/logprob_diff_mean, rollout/logprob_diff_max and rollout/behaviour_kl_k3."""
     with torch.no_grad():
         t = trainer_logprobs.detach().double()

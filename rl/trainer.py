@@ -28,7 +28,7 @@ import torch.distributed as dist
 from rl.batch import MicroBatch, collate, split_by_token_budget
 from rl.loss_config import LossConfig
 from rl.policy import PARITY_KEYS, PolicyModule, parity_sums
-from rl.types import Sample
+from rl.types import Sample, TrainResult
 from rl.weight_sync import Deadline, PublishedWeights, WeightPublisher, full_state_dict, gather_buckets
 
 if TYPE_CHECKING:  # the launch schema's sections, sent to every rank as they are (frozen dataclasses)
@@ -105,7 +105,7 @@ class TrainerWorker:
                 p.requires_grad_(False)
 
     # -- training -----------------------------------------------------------------------------
-    def train_step(self, samples: list[Sample], num_mini_batches: int, epochs: int) -> dict:
+    def train_step(self, samples: list[Sample], num_mini_batches: int, epochs: int) -> TrainResult:
         """One step's updates. Returns per-micro-batch metric records (for the driver to aggregate), the lr,
         grad norms, the number of this rank's samples skipped for a zero advantage, and `parity`: sums of
         the trainer-vs-engine logprob gap over this rank's trained tokens (rl.policy.parity_sums)."""
@@ -133,9 +133,9 @@ class TrainerWorker:
         for rec in records:  # single update: the loss pass itself measured the gap (its old = current)
             _add_parity(parity, {k: rec.pop(k) for k in PARITY_KEYS if k in rec})
         mine = [i for shard in shards for i in shard]
-        return {"records": records, "updates": len(shards) * epochs, "lr": self.engine.get_lr()[0],
-                "grad_norms": grad_norms,
-                "skipped": sum(counted[i] and not trained[i] for i in mine), "parity": parity}
+        return TrainResult(records=records, updates=len(shards) * epochs, lr=self.engine.get_lr()[0],
+                           grad_norms=grad_norms,
+                           skipped=sum(counted[i] and not trained[i] for i in mine), parity=parity)
 
     def _micro_batches(self, samples, shard, loss_mask, old=None, min_count: int = 0) -> list[MicroBatch]:
         shard = [i for i in shard if loss_mask[i]]  # untrained samples never reach the model

@@ -1,9 +1,10 @@
-"""The one record that crosses process boundaries: a generated sample.
+"""The records that cross process boundaries: prompt requests, generated samples, trainer results.
 
-Rollout workers create `Sample`s (token ids, the engine's per-token logprobs, finish reason,
-policy version); reward workers fill in `reward`, `reward_metrics`, `reward_status` and `stratum`;
-the driver computes advantages and hands samples to the trainer, which pads them into a
-`TrainBatch` in exactly one place (`rl.batch.collate`).
+The driver sends `PromptRequest`s to the rollout workers; they create `Sample`s (token ids, the
+engine's per-token logprobs, finish reason, policy version); reward workers fill in `reward`,
+`reward_metrics`, `reward_status` and `stratum`; the driver computes advantages and hands samples to
+the trainer, which pads them into a `TrainBatch` in exactly one place (`rl.batch.collate`). Each
+trainer rank returns a `TrainResult`; `rl.steps.train_metrics` combines the ranks' into step metrics.
 
 Plain dataclasses of Python lists so that they pickle cheaply through Ray's object store.
 """
@@ -15,6 +16,19 @@ from typing import Any, Literal
 
 FinishReason = Literal["stop", "length"]
 RewardStatus = Literal["ok", "error", "timeout"]
+
+
+@dataclass(frozen=True)
+class PromptRequest:
+    """One prompt to generate `SamplingParams.n` answers for (driver → rollout worker): a row of the dataset
+    as launch.prepare rendered it, and the group id its answers share (fresh per prompt per round; -1 in eval)."""
+
+    prompt_id: int
+    group_id: int
+    prompt_ids: list[int]
+    prompt_text: str
+    fields: dict[str, Any]
+    """The dataset row (answer, data_source, ...), copied into every sample."""
 
 
 @dataclass
@@ -61,3 +75,18 @@ class Sample:
     @property
     def response_length(self) -> int:
         return len(self.response_ids)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """One trainer rank's account of a step (`TrainerWorker.train_step`): the metrics of each micro-batch that
+    held tokens, the optimizer steps taken and the lr after them, each update's global pre-clip grad norm (the
+    same on every rank), this rank's samples skipped for a zero advantage, and its logprob-gap sums
+    (rl.policy.parity_sums)."""
+
+    records: list[dict[str, float]]
+    updates: int
+    lr: float
+    grad_norms: list[float]
+    skipped: int
+    parity: dict[str, float]

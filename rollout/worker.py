@@ -14,7 +14,7 @@ from typing import Any
 import ray
 import torch
 
-from rl.types import Sample
+from rl.types import PromptRequest, Sample
 from rl.weight_sync import PublishedWeights
 from rollout.engine import RolloutEngine, SamplingParams
 
@@ -36,18 +36,18 @@ class RolloutWorker:
         self.tokenizer = self.engine.tokenizer
         self.version = 0
 
-    def generate(self, requests: list[dict], params: SamplingParams) -> list[Sample]:
-        """requests: {prompt_id, group_id, prompt_ids, prompt_text, fields}; n samples per request."""
-        outputs = self.engine.generate([r["prompt_ids"] for r in requests], params)
+    def generate(self, requests: list[PromptRequest], params: SamplingParams) -> list[Sample]:
+        """`params.n` samples per request, in the engine's output order."""
+        outputs = self.engine.generate([r.prompt_ids for r in requests], params)
         texts = self.tokenizer.batch_decode([o.response_ids for o in outputs], skip_special_tokens=True)
         samples = []
         for out, text in zip(outputs, texts):
             req = requests[out.prompt_index]
             samples.append(Sample(
-                prompt_id=req["prompt_id"], group_id=req["group_id"], prompt_ids=req["prompt_ids"],
+                prompt_id=req.prompt_id, group_id=req.group_id, prompt_ids=req.prompt_ids,
                 response_ids=out.response_ids, rollout_logprobs=out.logprobs, finish_reason=out.finish_reason,
-                policy_version=self.version, prompt_text=req["prompt_text"], response_text=text,
-                fields=req["fields"],
+                policy_version=self.version, prompt_text=req.prompt_text, response_text=text,
+                fields=req.fields,
             ))
         return samples
 

@@ -46,19 +46,3 @@ def test_stratified_with_kl_in_reward(ray_cluster, tmp_path):
     assert [r["step"] for r in records] == [1, 2]
     assert records[0]["reward/kl_penalty_mean"] == pytest.approx(0.0, abs=1e-6)  # policy == reference at step 1
     assert records[1]["reward/kl_penalty_mean"] != 0.0  # after one update they differ
-
-
-def test_overlong_filtering_masks_truncated_samples_but_keeps_their_rewards():
-    from types import SimpleNamespace
-
-    from launch.config import load_config
-    from launch.loop import Driver
-    from rl.types import Sample
-
-    cfg = load_config("configs/debug_cpu.yaml", ["algorithm.overlong.filtering=true"])
-    samples = [Sample(0, 7, [1], [2, 3], [-1.0, -1.0], reason, 0, reward=r)
-               for reason, r in (("stop", 1.0), ("length", 0.0), ("stop", 0.0), ("length", 1.0))]
-    Driver.compute_advantages(SimpleNamespace(cfg=cfg), samples)
-    assert [s.advantage is None for s in samples] == [False, True, False, True]
-    # the truncated rewards still shaped the group statistics: mean 0.5, so the kept ones are ±
-    assert samples[0].advantage > 0 > samples[2].advantage

@@ -55,7 +55,7 @@ def test_fused_and_naive_paths_agree(ray_cluster, tiny_model_dir, extra):
     initial = ray.get(fused.probe_logprobs.remote(*probe))
     mb = 2 if "trainer.mini_batches=2" in extra else 1
     a, b = ray.get([fused.train_step.remote(samples, mb, 1), naive.train_step.remote(samples, mb, 1)])
-    for ra, rb in zip(a["records"], b["records"]):
+    for ra, rb in zip(a.records, b.records):
         assert ra["loss/policy"] == pytest.approx(rb["loss/policy"], rel=1e-4, abs=1e-6)
         assert ra["loss/kl"] == pytest.approx(rb["loss/kl"], rel=1e-4, abs=1e-6)
     pa, pb = ray.get([fused.probe_logprobs.remote(*probe), naive.probe_logprobs.remote(*probe)])
@@ -79,9 +79,9 @@ def test_two_ranks_with_unequal_micro_batch_counts(ray_cluster, tiny_model_dir):
     ranks = _trainers(tiny_model_dir, "trainer.micro_batch_tokens=16", "algorithm.kl_in_reward.enable=true",
                       "trainer.lr=1e-2", world=2)
     results = ray.get([r.train_step.remote(samples, 2, 1) for r in ranks])
-    assert [res["updates"] for res in results] == [2, 2]
-    assert [res["skipped"] for res in results] == [1, 0]  # each rank counts its own shard only
-    counts = [res["parity"]["parity/count"] for res in results]
+    assert [res.updates for res in results] == [2, 2]
+    assert [res.skipped for res in results] == [1, 0]  # each rank counts its own shard only
+    counts = [res.parity["parity/count"] for res in results]
     assert counts == [sum(len(samples[i].response_ids) for i in (0, 4, 6)), 4 * 9]  # every trained token, once
     # after the update the policy differs from the reference: each sample's KL is its own, none read as 0
     kl = {i: v for part in ray.get([r.sequence_kl.remote(samples, "k2") for r in ranks]) for i, v in part.items()}

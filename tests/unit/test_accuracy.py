@@ -5,21 +5,20 @@ from __future__ import annotations
 import pytest
 
 from launch.config import ConfigError, load_config
-from launch.loop import accuracy
 from launch.prepare import check_rewards
 from reward.metrics import combine
 from reward.registry import RewardSpecError, resolve_specs
 from reward.types import CallOutcome, coerce_output
+from rl.steps import accuracy
 from rl.types import Sample
 
 
 def _scored(specs, completion: str, answer: str) -> Sample:
-    """A sample scored in-process by the real built-ins, metric names as the driver stores them."""
+    """A sample scored in-process by the real built-ins, its metrics exactly as the reward package names them."""
     fns = resolve_specs(specs)
     row = {"prompt": "q", "completion": completion, "answer": answer}
     result = combine(fns, [CallOutcome("ok", *coerce_output(fn(row))) for fn in fns])
-    s = Sample(0, 0, [1], [2], [-1.0], "stop", 0, reward=result.reward)
-    s.reward_metrics = {k.removeprefix("reward/"): v for k, v in result.metrics.items()}
+    s = Sample(0, 0, [1], [2], [-1.0], "stop", 0, reward=result.reward, reward_metrics=result.metrics)
     return s, tuple(fn.name for fn in fns)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from launch.schema_algorithm import AdvantageConfig, AlgorithmConfig
 from rl.advantages import (
-    ADVANTAGES, advantage_param_names, compute_advantages, length_bucket, strata_from_keys, strata_from_samples,
+    ADVANTAGES, compute_advantages, length_bucket, resolve_advantage, strata_from_keys, strata_from_samples,
 )
 from rl.registry import Registry
 from rl.types import Sample
@@ -289,16 +289,108 @@ def test_strata_helpers():
 def test_config_advantage_params_are_accepted(name):
     cfg = AlgorithmConfig(advantage=AdvantageConfig(name=name, strata_source="reward"))
     params = cfg.advantage_params()
-    assert sorted(params) == advantage_param_names(name)  # every estimator param has a config key
+    assert tuple(sorted(params)) == resolve_advantage(name).params  # every estimator param has a config key
     r, g = t([1.0, 0.0, 1.0, 1.0]), one_group(4)
     adv = compute_advantages(cfg.advantage.name, r, g, strata=t([0, 0, 1, 1], torch.long), **params)
     assert adv.shape == (4,)
 
 
 def test_advantage_config_validation_says_how_to_fix():
-    with pytest.raises(ValueError, match="algorithm.advantage.name='ppo': use one of dr_grpo, grpo"):
+    with pytest.raises(ValueError, match="algorithm.advantage.name='ppo': unknown advantage 'ppo'; known: dr_grpo, grpo"):
         AdvantageConfig(name="ppo")
+    with pytest.raises(ValueError, match="did you mean 'grpo'\\?"):  # a typo'd built-in: the nearest name
+        AdvantageConfig(name="gpro")
+    with pytest.raises(ValueError, match="algorithm.advantage.params=\\{'beta': 0.5\\}: advantage 'grpo' got unknown "
+                                         "params \\['beta'\\].*it accepts \\['eps', 'singleton', 'std_ddof'\\]"):
+        AdvantageConfig(params={"beta": 0.5})
+    with pytest.raises(ValueError, match="algorithm.advantage.params.eps=0.1: set algorithm.advantage.eps instead"):
+        AdvantageConfig(params={"eps": 0.1})  # one key per setting
     with pytest.raises(ValueError, match="needs strata: set strata_source"):
         AdvantageConfig(name="stratified")
     with pytest.raises(ValueError, match="alpha=1.5: must be in \\[0, 1\\]"):
         AdvantageConfig(alpha=1.5)
+
+
+# ----------------------------------------------------------------------------- plug-in estimators
+
+PLUGIN = """
+import torch
+
+
+def scaled(rewards, group_ids, *, strata=None, beta, eps=0.0):
+    \"\"\"beta · (r − mean_g): Dr. GRPO scaled (a stand-in for a user's estimator).\"\"\"
+    _, idx = torch.unique(group_ids, return_inverse=True)
+    n = int(idx.max()) + 1 if len(idx) else 0
+    mean = torch.zeros(n, dtype=rewards.dtype).index_add_(0, idx, rewards) / torch.bincount(idx, minlength=n)
+    return beta * (rewards - mean[idx]) + eps
+
+
+def no_groups(rewards, *, strata=None):
+    return rewards
+
+
+def no_strata(rewards, group_ids, *, beta=1.0):
+    return rewards
+"""
+
+
+@pytest.fixture()
+def plugin(tmp_path):
+    path = tmp_path / "my_advantages.py"
+    path.write_text(PLUGIN)
+    return str(path)
+
+
+def test_plugin_file_estimator_through_the_config(plugin):
+    from launch.config import load_config
+    from rl.steps import assign_advantages
+
+    cfg = load_config("configs/debug_cpu.yaml", [f"algorithm.advantage.name={plugin}:scaled",
+                                                 "algorithm.advantage.params={beta: 0.5}", "algorithm.advantage.eps=0"])
+    assert cfg.algorithm.advantage_params() == {"eps": 0.0, "beta": 0.5}  # the `eps` field goes to it by name
+    # group 0 rewards [1, 0, 0, 1] (mean 0.5), group 1 [1, 0] (mean 0.5): 0.5 · (r − 0.5) = ±0.25
+    samples = [Sample(0, g, [1], [2], [-1.0], "stop", 0, reward=r) for g, r in ((0, 1.0), (0, 0.0), (0, 0.0),
+                                                                               (0, 1.0), (1, 1.0), (1, 0.0))]
+    m = assign_advantages(samples, cfg.algorithm)
+    assert [s.advantage for s in samples] == [0.25, -0.25, -0.25, 0.25, 0.25, -0.25]
+    assert m == {"actor/zero_adv_group_frac": 0.0, "actor/advantage_abs_mean": 0.25}
+    fn = resolve_advantage(f"{plugin}:scaled").fn  # the resolved function is accepted as well as its spec
+    r, g = t([1.0, 0.0]), one_group(2)
+    assert compute_advantages(fn, r, g, beta=2.0).tolist() == compute_advantages(f"{plugin}:scaled", r, g, beta=2.0).tolist()
+
+
+def test_plugin_params_are_checked_at_startup(plugin, tmp_path):
+    from launch.config import ConfigError, load_config
+    from launch.prepare import prepare
+
+    def cfg(*overrides):
+        return load_config("configs/debug_cpu.yaml", [f"model.cache_dir={tmp_path / 'no_models_here'}", *overrides])
+
+    unknown = cfg(f"algorithm.advantage.name={plugin}:scaled", "algorithm.advantage.params={beta: 1.0, gama: 2}")
+    with pytest.raises(ConfigError, match="algorithm.advantage.params=.*got unknown params \\['gama'\\]; it accepts "
+                                          "\\['beta', 'eps'\\]"):
+        prepare(unknown)  # before any data or model is loaded
+    with pytest.raises(ConfigError, match="needs params \\['beta'\\].*algorithm.advantage.params=\\{beta: ...\\}"):
+        prepare(cfg(f"algorithm.advantage.name={plugin}:scaled"))
+    with pytest.raises(ConfigError, match="my_advantages.py has no attribute 'scaeld'; did you mean 'scaled'"):
+        prepare(cfg(f"algorithm.advantage.name={plugin}:scaeld"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        prepare(cfg(f"algorithm.advantage.name={tmp_path / 'missing.py'}:scaled"))
+
+
+@pytest.mark.parametrize("fn, problem", [
+    ("no_groups", "it takes positional params \\['rewards'\\]; it must take exactly two, \\(rewards, group_ids\\)"),
+    ("no_strata", "it must take the keyword-only param `strata=None`"),
+])
+def test_plugin_with_a_bad_signature_is_an_error_before_any_model_loads(plugin, tmp_path, fn, problem):
+    from launch.config import ConfigError, load_config
+    from launch.prepare import prepare
+
+    cfg = load_config("configs/debug_cpu.yaml", [f"algorithm.advantage.name={plugin}:{fn}",
+                                                 f"model.cache_dir={tmp_path / 'no_models_here'}"])
+    with pytest.raises(ConfigError, match=f"algorithm.advantage.name=.*{fn}.*does not fit fn\\(rewards .*{problem}"):
+        prepare(cfg)
+    with pytest.raises(TypeError, match=problem):
+        compute_advantages(f"{plugin}:{fn}", t([1.0]), one_group(1))
+    assert not (tmp_path / "no_models_here").exists()
+
