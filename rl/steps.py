@@ -140,7 +140,7 @@ def mix_replay(samples: list[Sample], buffer: ReplayBuffer | None, rng: torch.Ge
     eff = [s for s in samples if s.advantage]  # |Â| > 0 (None = masked out, 0 = no signal)
     n = topup_count(n_batch, len(eff)) if rc.mode == "shortfall" else ratio_count(len(eff), rc.ratio)
     replayed, probs = buffer.sample(n, rng, current_version=version)
-    u = per_weights(probs, len(buffer), rc.per_beta).tolist() if rc.per_beta is not None else []
+    u = per_weights(probs, len(buffer), rc.per_beta).tolist() if rc.per_beta is not None and replayed else []
     for k, s in enumerate(replayed):  # copies: setting fields never touches the stored entries
         s.replayed, s.is_weight = True, (u[k] if u else 1.0)
     batch = eff + replayed

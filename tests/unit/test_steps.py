@@ -158,8 +158,11 @@ def test_mix_replay_per_weights_and_ratio_mode():
     assert m["replay/fraction"] == 0.5
 
 
-def test_mix_replay_with_nothing_informative_trains_the_fresh_rows():
-    alg, buffer = _replay()
+@pytest.mark.parametrize("per", [[], ["algorithm.replay.per_beta=0.4"]])
+def test_mix_replay_with_nothing_informative_trains_the_fresh_rows(per):
+    # step 1 with every group all-correct: nothing enters the buffer and nothing can be drawn (with PER on
+    # too: there are no draws to weight)
+    alg, buffer = _replay(*per)
     fresh = [_s(1.0, adv=0.0), _s(1.0, adv=0.0)]
     batch, m = steps.mix_replay(fresh, buffer, torch.Generator().manual_seed(0), alg, n_batch=2, step=1, version=0)
     assert sorted(map(id, batch)) == sorted(map(id, fresh)) and m["replay/shortfall"] == 2.0
