@@ -81,10 +81,12 @@ def test_ray_job_submit_debug_cpu(ray_head, tmp_path):
            f"--working-dir={ROOT}", "--runtime-env-json", json.dumps({"excludes": ["outputs/", ".git/", "wandb/"]}),
            "--", "python", "-m", "launch.train", "configs/debug_cpu.yaml", f"trainer.output_dir={out}",
            "trainer.total_steps=2", f"model.cache_dir={tmp_path / 'models'}"]
-    # right after `ray start` the job agent may not be up yet ("No available agent"): retry that, only that
-    for _ in range(30):
+    # right after `ray start` the job agent may not be up yet ("No available agent"): retry that, only that,
+    # for up to 3 minutes (on a loaded 2-core machine the agent has taken over a minute to come up)
+    deadline = time.monotonic() + 180
+    while True:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
-        if "No available agent" not in proc.stdout + proc.stderr:
+        if "No available agent" not in proc.stdout + proc.stderr or time.monotonic() > deadline:
             break
         time.sleep(2)
     assert proc.returncode == 0 and "succeeded" in proc.stdout + proc.stderr, proc.stdout[-4000:] + proc.stderr[-4000:]
