@@ -27,6 +27,7 @@ independently of how the tokens are split. verl instead multiplies by dp_size to
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -113,7 +114,7 @@ def ppo_clip(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, cfg: Lo
 def run_term(cfg: LossConfig, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor) -> tuple[Tensor, dict]:
     """`cfg.term`'s per-token policy-gradient loss and its stats, with ratio, log_ratio and the STAT_KEYS
     flags filled in when the term does not report them."""
-    out = POLICY_TERMS.resolve(cfg.term)(logprobs, old_logprobs, advantages, cfg, **cfg.term_params)
+    out = _term(cfg.term)(logprobs, old_logprobs, advantages, cfg, **cfg.term_params)
     pg, stats = out if isinstance(out, tuple) else (out, {})
     if "ratio" not in stats:
         stats["log_ratio"] = (logprobs - old_logprobs).detach().clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
@@ -121,6 +122,12 @@ def run_term(cfg: LossConfig, logprobs: Tensor, old_logprobs: Tensor, advantages
     for k in STAT_KEYS:
         stats.setdefault(k, torch.zeros_like(pg))
     return pg, stats
+
+
+@functools.lru_cache(maxsize=None)
+def _term(spec: str) -> Callable:
+    """The term a spec names, resolved once per process (a plug-in file is not re-stat'ed per chunk)."""
+    return POLICY_TERMS.resolve(spec)
 
 
 def token_loss_terms(
