@@ -15,6 +15,7 @@ model loads.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, NoReturn
@@ -97,8 +98,6 @@ class LossConfig:
                   "depends on micro-batch padding): set it to the generation budget, e.g. rollout.max_new_tokens")
         where, sep, attr = self.term.rpartition(":")
         if sep and is_file_spec(where):  # absolute, so trainer processes with another cwd load the same file
-            import os
-
             object.__setattr__(self, "term", f"{os.path.abspath(where)}:{attr}")
         check_term(self)
 
