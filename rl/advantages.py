@@ -24,7 +24,6 @@ reproduces verl (mean := 0, std := 1, i.e. the raw score). See docs/algorithms.m
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rl.registry import Registry
+from rl.registry import Registry, check_kwargs
 
 ADVANTAGES: Registry[Callable[..., Tensor]] = Registry("advantage")
 register_advantage = ADVANTAGES.register
@@ -64,26 +63,14 @@ class Estimator:
     fn: Callable[..., Tensor]
     shown: str
     """The spec as written (or the function's name), for error messages."""
+    sig: inspect.Signature
     params: tuple[str, ...]
     """Keyword-only params besides `strata`, sorted."""
-    required: frozenset[str]
-    """Those without a default."""
-    any_params: bool
-    """Whether it takes `**params` (then any keyword is accepted)."""
 
     def check(self, params: dict[str, Any]) -> None:
         """TypeError unless `params` fits: no unknown key (unless **params), every required one given."""
-        unknown = [] if self.any_params else sorted(set(params) - set(self.params))
-        if unknown:
-            near = difflib.get_close_matches(unknown[0], self.params, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise TypeError(f"advantage {self.shown!r} got unknown params {unknown}{hint}; it accepts "
-                            f"{list(self.params)}: drop the others (config: algorithm.advantage.params) or use an "
-                            "estimator that takes them")
-        missing = sorted(self.required - set(params))
-        if missing:
-            raise TypeError(f"advantage {self.shown!r} needs params {missing} (keyword-only, no default): give each "
-                            f"a value (config: algorithm.advantage.params={{{missing[0]}: ...}})")
+        check_kwargs("advantage", self.shown, self.sig, params, skip=2, exclude=("strata",),
+                     config_key="algorithm.advantage.params")
 
 
 def resolve_advantage(spec: str | Callable[..., Tensor]) -> Estimator:
@@ -104,10 +91,8 @@ def resolve_advantage(spec: str | Callable[..., Tensor]) -> Estimator:
     elif strata is None or strata.kind is not strata.KEYWORD_ONLY or strata.default is not None:
         problem = "it must take the keyword-only param `strata=None` (stratum ids (N,) long, or None)"
     else:
-        keyword = [p for p in ps if p.kind is p.KEYWORD_ONLY and p.name != "strata"]
-        return Estimator(fn, shown, tuple(sorted(p.name for p in keyword)),
-                         frozenset(p.name for p in keyword if p.default is p.empty),
-                         any(p.kind is p.VAR_KEYWORD for p in ps))
+        return Estimator(fn, shown, sig, tuple(sorted(p.name for p in ps if p.kind is p.KEYWORD_ONLY
+                                                     and p.name != "strata")))
     raise TypeError(f"advantage {shown!r}: signature {getattr(fn, '__name__', 'fn')}{sig} does not fit "
                     f"{SIGNATURE}: {problem}")
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from rl.losses import AGG_MODES, KL_ESTIMATORS, POLICY_TERMS, RATIO_LEVELS
-from rl.registry import PluginError, is_file_spec
+from rl.registry import PluginError, check_kwargs, is_file_spec
 
 TIS_SCOPES = ("all", "replayed")
 
@@ -167,11 +167,10 @@ def check_term(cfg: LossConfig) -> None:
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if len(positional) < 4 and not any(p.kind == p.VAR_POSITIONAL for p in params):
         _fail("term", cfg.term, f"signature {sig} must take (logprobs, old_logprobs, advantages, cfg): {_PROBE_HINT}")
-    names = {p.name for p in list(params)[4:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    unknown = sorted(set(cfg.term_params) - names)
-    if unknown and not any(p.kind == p.VAR_KEYWORD for p in params):
-        _fail("term_params", dict(cfg.term_params), f"{cfg.term} takes no parameter(s) {unknown}; it accepts "
-              f"{sorted(names)}")
+    try:
+        check_kwargs("policy-loss term", cfg.term, sig, cfg.term_params, skip=4, config_key="algorithm.loss.term_params")
+    except TypeError as exc:
+        _fail("term_params", dict(cfg.term_params), str(exc))
     try:
         with torch.inference_mode(False), torch.enable_grad():  # a config may be built under no_grad
             gen = torch.Generator().manual_seed(0)

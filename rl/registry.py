@@ -22,6 +22,7 @@ import difflib
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -95,6 +96,27 @@ class Registry(Generic[T]):
 
 def _qualname(fn: Callable) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def check_kwargs(what: str, shown: str, sig: inspect.Signature, params: dict[str, Any], *, skip: int,
+                 config_key: str, exclude: tuple[str, ...] = ()) -> None:
+    """TypeError unless keyword `params` fit `sig` past its first `skip` parameters (and `exclude`): no unknown
+    key (unless it takes **kwargs), every parameter without a default given. One check for every plug-in kind
+    (advantage estimators, policy-loss terms); messages name `config_key`, where the params are set."""
+    ps = [p for p in list(sig.parameters.values())[skip:] if p.name not in exclude
+          and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    accepted = sorted(p.name for p in ps)
+    any_params = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    unknown = [] if any_params else sorted(set(params) - set(accepted))
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], accepted, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise TypeError(f"{what} {shown!r} got unknown params {unknown}{hint}; it accepts {accepted}: drop the "
+                        f"others (config: {config_key}) or use a function that takes them")
+    missing = sorted(p.name for p in ps if p.default is p.empty and p.name not in params)
+    if missing:
+        raise TypeError(f"{what} {shown!r} needs params {missing} (no default): give each a value "
+                        f"(config: {config_key}={{{missing[0]}: ...}})")
 
 
 class PluginError(ValueError):

@@ -542,8 +542,8 @@ def test_plugin_term_specs_are_resolved(plugin_file, monkeypatch):
                   r"advantage is 0"),
     ("two_args", {}, r"algorithm\.loss\.term='.*:two_args': signature \(logprobs, advantages\) must take "
                      r"\(logprobs, old_logprobs, advantages, cfg\)"),
-    ("scaled_pg", {"temperature": 1.0}, r"algorithm\.loss\.term_params=\{'temperature': 1\.0\}: .*:scaled_pg takes "
-                                        r"no parameter\(s\) \['temperature'\]; it accepts \['scale'\]"),
+    ("scaled_pg", {"temperature": 1.0}, r"algorithm\.loss\.term_params=\{'temperature': 1\.0\}: .*:scaled_pg' got "
+                                        r"unknown params \['temperature'\]; it accepts \['scale'\]"),
     ("scalar", {}, r"algorithm\.loss\.term='.*:scalar': probe call failed: ValueError: returned shape \(\)"),
     ("detached", {}, r"algorithm\.loss\.term='.*:detached': probe call failed: .*carries no gradient"),
     ("raises", {}, r"algorithm\.loss\.term='.*:raises': probe call failed: RuntimeError: boom"),
@@ -564,8 +564,8 @@ def test_loss_config_builds_under_no_grad():
 def test_loss_config_rejects_unknown_term_names():
     with pytest.raises(ValueError, match=r"algorithm\.loss\.term='ppo_clipp': .*did you mean 'ppo_clip'"):
         LossConfig(term="ppo_clipp")
-    with pytest.raises(ValueError, match=r"algorithm\.loss\.term_params=\{'scale': 2\.0\}: ppo_clip takes no "
-                                         r"parameter\(s\) \['scale'\]"):
+    with pytest.raises(ValueError, match=r"algorithm\.loss\.term_params=\{'scale': 2\.0\}: policy-loss term "
+                                         r"'ppo_clip' got unknown params \['scale'\]"):
         LossConfig(term_params={"scale": 2.0})
 
 
