@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
 
 from launch.config import Config, ConfigError
+from launch.supervisor import STACK_GRACE_S, gather, guard_spec
 
 log = logging.getLogger("rlvr")
 
@@ -90,39 +93,85 @@ def _options(gpus: float) -> dict:
 
 @dataclass
 class Workers:
-    rollout: list
-    reward: list
-    trainer: list
+    """The live actors, and what it takes to start a replacement for any of them (launch/loop.py restarts them)."""
+
+    cfg: Config
+    model_path: str
+    output_dir: str
+    gpu: Any  # _GPUs | None
+    rollout: list = field(default_factory=list)
+    reward: list = field(default_factory=list)
+    trainer: list = field(default_factory=list)
+    transport: str = "object_store"
+    incarnations: Counter = field(default_factory=Counter)
+    """(role, index) → how many times that actor was started before (injected faults hit the first only)."""
+
+    @property
+    def stack_dir(self) -> Path:
+        return Path(self.output_dir) / "faults"
+
+    def names(self, role: str) -> list[str]:
+        return [f"{role}[{i}]" for i in range(len(getattr(self, role)))]
+
+    def _guard(self, role: str, index: int):
+        spec = guard_spec(self.cfg.faults, role, index, self.output_dir, self.incarnations[role, index])
+        self.incarnations[role, index] += 1
+        return spec
+
+    def new_rollout(self, i: int):
+        cfg, r, t = self.cfg, self.cfg.rollout, self.cfg.trainer
+        from rollout.worker import RolloutWorker
+
+        return ray.remote(RolloutWorker).options(**_rollout_options(self.gpu, i), name=None).remote(
+            r.engine, self.model_path, engine_kwargs=_engine_kwargs(cfg, self.gpu, i),
+            threads=_threads(t.threads_per_worker, r.num_workers), guard=self._guard("rollout", i))
+
+    def new_reward(self, k: int):
+        from reward.worker import RewardWorker
+
+        rw = self.cfg.reward
+        specs = [{"fn": fn, "weight": w} for fn, w in zip(rw.fns, rw.weights or [1.0] * len(rw.fns))]
+        return RewardWorker.options(num_cpus=0).remote(specs, rw.timeout_s, rw.processes_per_worker,
+                                                       os.path.join(self.output_dir, "quarantine.jsonl"),
+                                                       guard=self._guard("reward", k))
+
+    def new_trainers(self) -> list:
+        """A whole trainer group, its process group joined (a DeepSpeed group cannot take a new member)."""
+        cfg, t = self.cfg, self.cfg.trainer
+        ranks = _create_trainers(cfg, self.model_path, self.gpu,
+                                 guards=[self._guard("trainer", rank) for rank in range(t.num_workers)])
+        # rank 0's node hosts the rendezvous; every rank then joins the process group together
+        names = [f"trainer[{rank}]" for rank in range(t.num_workers)]
+        addr, port = gather(self.stack_dir, [ranks[0].rendezvous_address.remote()], names[:1], "starting",
+                            cfg.faults.start_timeout_s)[0]
+        gather(self.stack_dir, [w.setup.remote(addr, port) for w in ranks], names,
+               "loading the model and joining the process group", cfg.faults.start_timeout_s + STACK_GRACE_S)
+        if self.transport != "object_store":
+            ray.get([w.connect_rollout.remote(self.rollout, self.transport, cfg.rollout.sync_timeout_s)
+                     for w in ranks])
+        return ranks
+
+    def ping(self, role: str, actors: list, indices: range | list[int] | None = None) -> None:
+        """Wait (with the start deadline) until the actors have started."""
+        names = [f"{role}[{i}]" for i in (indices if indices is not None else range(len(actors)))]
+        gather(self.stack_dir, [a.ping.remote() for a in actors], names, "starting", self.cfg.faults.start_timeout_s)
 
 
 def create_workers(cfg: Config, model_path: str, output_dir: str) -> Workers:
-    from reward.worker import RewardWorker
     from rl.weight_sync import choose_transport
-    from rollout.worker import RolloutWorker
 
     r, t = cfg.rollout, cfg.trainer
-    gpu = _plan_gpus(cfg)
-    rollout = [
-        ray.remote(RolloutWorker).options(**_rollout_options(gpu, i), name=None).remote(
-            r.engine, model_path, engine_kwargs=_engine_kwargs(cfg, gpu, i),
-            threads=_threads(t.threads_per_worker, r.num_workers))
-        for i in range(r.num_workers)
-    ]
+    w = Workers(cfg, model_path, output_dir, _plan_gpus(cfg))
+    w.rollout = [w.new_rollout(i) for i in range(r.num_workers)]
     if r.placement == "colocated":  # vLLM sizes its KV cache from free GPU memory: start it before the trainer
-        ray.get([w.ping.remote() for w in rollout])
-    specs = [{"fn": fn, "weight": w} for fn, w in zip(cfg.reward.fns, cfg.reward.weights or [1.0] * len(cfg.reward.fns))]
-    reward = [
-        RewardWorker.options(num_cpus=0).remote(specs, cfg.reward.timeout_s, cfg.reward.processes_per_worker,
-                                                os.path.join(output_dir, "quarantine.jsonl"))
-        for _ in range(cfg.reward.num_workers)
-    ]
-    trainer = _create_trainers(cfg, model_path, gpu)
-    ray.get([w.ping.remote() for w in rollout + reward + trainer])
-    transport = choose_transport(r.weight_transport, engine=r.engine, placement=r.placement,
-                                 on_gpu=r.gpus_per_worker > 0 and t.gpus_per_worker > 0)
-    if transport != "object_store":
-        ray.get([w.connect_rollout.remote(rollout, transport, r.sync_timeout_s) for w in trainer])
-    return Workers(rollout, reward, trainer)
+        w.ping("rollout", w.rollout)
+    w.reward = [w.new_reward(k) for k in range(cfg.reward.num_workers)]
+    w.transport = choose_transport(r.weight_transport, engine=r.engine, placement=r.placement,
+                                   on_gpu=r.gpus_per_worker > 0 and t.gpus_per_worker > 0)
+    w.trainer = w.new_trainers()
+    for role in ("rollout", "reward", "trainer"):
+        w.ping(role, getattr(w, role))
+    return w
 
 
 @dataclass
@@ -169,7 +218,7 @@ def _engine_kwargs(cfg: Config, gpu: _GPUs | None, i: int) -> dict:
     return kwargs
 
 
-def _create_trainers(cfg: Config, model_path: str, gpu: _GPUs | None = None) -> list:
+def _create_trainers(cfg: Config, model_path: str, gpu: _GPUs | None, guards: list) -> list:
     from rl.trainer import TrainerWorker
 
     t = cfg.trainer
@@ -186,10 +235,7 @@ def _create_trainers(cfg: Config, model_path: str, gpu: _GPUs | None = None) -> 
             rank, t.num_workers, model_path=model_path, trainer=t, model=cfg.model,
             loss=cfg.algorithm.trainer_loss(), temperature=cfg.rollout.temperature,
             need_ref=cfg.algorithm.needs_reference, threads=_threads(t.threads_per_worker, t.num_workers),
-            seed=t.seed)
+            seed=t.seed, collective_timeout_s=cfg.faults.trainer_timeout_s, guard=guards[rank])
         for rank in range(t.num_workers)
     ]
-    # rank 0's node hosts the rendezvous; every rank then joins the process group together
-    addr, port = ray.get(ranks[0].rendezvous_address.remote())
-    ray.get([w.setup.remote(addr, port) for w in ranks])
     return ranks

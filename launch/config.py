@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from launch.schema_algorithm import AlgorithmConfig
+from rl.faults import Fault
 
 
 class ConfigError(ValueError):
@@ -241,6 +242,46 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
+class FaultsConfig:
+    rollout_timeout_s: float = 1800.0
+    """Deadline of one call on a rollout worker (a shard's generation, a weight update). On expiry the worker's
+    stacks are dumped into the error, it is replaced and the call retried."""
+    reward_timeout_s: float = 600.0
+    """Deadline of one batch on a reward worker (each function call inside also has reward.timeout_s)."""
+    trainer_timeout_s: float = 1800.0
+    """Deadline of one call on the trainer ranks (a training step, a checkpoint, a weight gather), and the
+    torch.distributed timeout of every collective (instead of gloo's 30 minutes and NCCL's 10)."""
+    start_timeout_s: float = 900.0
+    """Deadline for a worker to start (load its model, join its group)."""
+    max_worker_restarts: int = 3
+    """Replacements of one rollout or reward worker within one step before the run stops, naming it."""
+    max_trainer_restarts: int = 2
+    """Rebuilds of the trainer group per run (a rank died or hung): each restores the newest complete checkpoint
+    and replays the steps since."""
+    max_failed_reward_steps: int = 3
+    """Stop the run when every sample of this many consecutive steps failed its reward (0: never stop)."""
+    inject: list[str] = field(default_factory=list)
+    """Chaos testing: faults to inject into workers, each `ROLE:INDEX:METHOD:CALL:ACTION` (rl/faults.py), e.g.
+    `trainer:1:train_step:3:kill`. Empty in real runs."""
+
+    def __post_init__(self) -> None:
+        for key in ("rollout_timeout_s", "reward_timeout_s", "trainer_timeout_s", "start_timeout_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"faults.{key}={getattr(self, key)}: must be > 0 seconds")
+        for key in ("max_worker_restarts", "max_trainer_restarts", "max_failed_reward_steps"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"faults.{key}={getattr(self, key)}: must be >= 0")
+        for spec in self.inject:
+            try:
+                Fault.parse(spec)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+
+    def faults(self) -> tuple[Fault, ...]:
+        return tuple(Fault.parse(s) for s in self.inject)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     wandb_mode: str = "offline"
     """wandb mode: offline (default; no network), online, or disabled."""
@@ -280,6 +321,8 @@ class Config:
     """Advantages, policy loss, dynamic sampling, overlong handling."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     """Optimisation, schedule and outputs."""
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    """Deadlines, restarts and recovery."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Console and wandb."""
     ray: RayConfig = field(default_factory=RayConfig)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from launch.cluster import Workers, check_reachable, connect, create_workers
 from launch.config import Config, save_config
 from launch.metrics import MetricsLogger
 from launch.prepare import Prepared, prepare, startup_warnings
+from launch.runlock import RunLock
+from launch.supervisor import ActorFailure, Calls, gather
 from rl import steps
 from rl.replay import rng_state, set_rng_state
 from rl.types import PromptRequest, Sample, TrainResult
@@ -49,45 +52,81 @@ def run(cfg: Config) -> Path:
         log.warning("%s", warning)
     out = Path(cfg.trainer.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    connect(cfg)
-    workers = create_workers(cfg, prep.model_path, str(out))
-    driver = Driver(cfg, prep, workers)
-    try:
-        driver.train()
-    finally:
-        driver.close()
+    with RunLock(out):  # a second run on the same output_dir refuses to start, naming this one
+        save_config(cfg, out / "config.yaml")
+        connect(cfg)
+        workers = create_workers(cfg, prep.model_path, str(out))
+        driver = Driver(cfg, prep, workers)
+        try:
+            driver.train()
+        finally:
+            driver.close()
     return out
+
+
+FAULT_METRICS = ("rollout_restarts", "reward_restarts", "trainer_restarts", "steps_replayed", "recovery_s")
+"""faults/* in every step's metrics, counted since this process started: workers replaced, trainer group
+rebuilds, steps trained again after a rebuild, and the seconds spent recovering."""
+
+
+class TrainerLost(RuntimeError):
+    """A trainer rank died or hung: the whole group is rebuilt from the newest complete checkpoint."""
+
+    def __init__(self, failure: ActorFailure):
+        super().__init__(str(failure))
+        self.failure = failure
 
 
 class Driver:
     def __init__(self, cfg: Config, prep: Prepared, workers: Workers):
         self.cfg, self.prep, self.w = cfg, prep, workers
         self.out = Path(cfg.trainer.output_dir)
-        self.iterator = PromptIterator(len(prep.train_rows), seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
+        self.batch_size = cfg.trainer.train_prompts * cfg.rollout.group_size  # N = B·G (SSR tops up to it)
+        self.faults: Counter[str] = Counter(dict.fromkeys(FAULT_METRICS, 0))  # faults/*, this process
+        self.step_restarts: Counter[str] = Counter()  # replacements per worker within the current step
+        self.synced = False  # the rollout workers hold trained weights (a replacement must load them)
+        self._initial_state()
+        self.start_step = self._maybe_resume()
+        self.logger = MetricsLogger(self.out, total_steps=cfg.trainer.total_steps, config=asdict(cfg),
+                                    wandb_mode=cfg.logging.wandb_mode, wandb_project=cfg.logging.wandb_project,
+                                    console=cfg.logging.console, start_step=self.start_step)
+        self.logger.rewind(self.start_step if self.start_step else -1)  # one row per step, also after a resume
+
+    def _initial_state(self) -> None:
+        """The driver's state before step 1 (what a checkpoint holds; see driver_state)."""
+        cfg = self.cfg
+        self.iterator = PromptIterator(len(self.prep.train_rows), seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
         self.sampler = cfg.algorithm.dynamic_sampling.build()
         self.replay = cfg.algorithm.replay.build(drop_truncated=cfg.algorithm.overlong.filtering)
         self.replay_rng = torch.Generator().manual_seed(cfg.trainer.seed)  # draws and batch order; checkpointed
         self.rng = random.Random(cfg.trainer.seed)
         self.step, self.version, self.next_group_id = 0, 0, 0
         self.generated_tokens = 0  # every sampled response token of the run (all rounds, eval excluded)
-        self.batch_size = cfg.trainer.train_prompts * cfg.rollout.group_size  # N = B·G (SSR tops up to it)
-        self.start_step = self._maybe_resume()
-        self.logger = MetricsLogger(self.out, total_steps=cfg.trainer.total_steps, config=asdict(cfg),
-                                    wandb_mode=cfg.logging.wandb_mode, wandb_project=cfg.logging.wandb_project,
-                                    console=cfg.logging.console, start_step=self.start_step)
+        self.failed_reward_steps = 0  # consecutive steps in which every sample failed its reward
 
     # -- the loop --------------------------------------------------------------------------
     def train(self) -> None:
-        t, alg = self.cfg.trainer, self.cfg.algorithm
+        """Every step from the one after the start (or resumed) step; a lost trainer rank costs a rebuild and the
+        replay of the steps since the newest checkpoint, inside this call (faults.max_trainer_restarts)."""
         if self.start_step == 0 and self.prep.eval_rows:
             self.logger.log(0, self.evaluate())
-        for step in range(self.start_step + 1, t.total_steps + 1):
+        while True:
+            try:
+                self._steps()
+                return
+            except TrainerLost as lost:
+                self._rebuild_trainers(lost)
+
+    def _steps(self) -> None:
+        t, alg = self.cfg.trainer, self.cfg.algorithm
+        for step in range(self.step + 1, t.total_steps + 1):
             if self.budget_spent():  # resumed from the checkpoint that spent it
                 break
             self.step = step
+            self.step_restarts.clear()
             t0 = time.perf_counter()
             samples, timing, metrics = self.collect()  # steps 1-4 (rewards scored and shaped, groups filtered)
+            self._check_rewards(samples)
             metrics.update(self.kl_in_reward(samples))  # step 5
             metrics.update(steps.assign_advantages(samples, alg))
             self.logger.log_samples(step, [steps.sample_record(s) for s in samples[:self.cfg.logging.samples_per_step]])
@@ -110,13 +149,30 @@ class Driver:
             metrics.update(timing, **{"perf/step_time_s": step_time, "perf/tokens_per_s": tokens / step_time,
                                       "perf/generated_tokens": tokens,
                                       "perf/generated_tokens_total": self.generated_tokens})
+            metrics.update({f"faults/{k}": float(v) for k, v in sorted(self.faults.items())})
             self.logger.log(step, metrics)
             if last:
                 break
             if t.save_every and step % t.save_every == 0:
                 self.save_checkpoint(step)
-        self.save_checkpoint(self.step)
+        newest = checkpoint.latest(self.out)
+        if newest is None or newest.name != f"step_{self.step}":  # a rebuild after the final save restored that save
+            self.save_checkpoint(self.step)
         self.save_final()
+
+    def _check_rewards(self, samples: list[Sample]) -> None:
+        """Stop, rather than train on nothing and write final/, when every reward of several steps failed."""
+        k = self.cfg.faults.max_failed_reward_steps
+        if samples and all(s.reward_status != "ok" for s in samples):
+            self.failed_reward_steps += 1
+        else:
+            self.failed_reward_steps = 0
+        if k and self.failed_reward_steps >= k:
+            raise RuntimeError(
+                f"every sample of the last {k} steps failed its reward function (faults.max_failed_reward_steps={k}); "
+                f"stopping at step {self.step} without writing final/. The errors are in "
+                f"{self.out / 'quarantine.jsonl'}; fix the reward function or its inputs and rerun the same command "
+                f"to resume from the newest checkpoint")
 
     def budget_spent(self) -> bool:
         budget = self.cfg.trainer.max_generated_tokens
@@ -171,32 +227,135 @@ class Driver:
     def _generate_and_score(self, requests: list[PromptRequest], params: SamplingParams, timing: dict | None = None,
                             t0: float = 0.0) -> list[Sample]:
         """Generate on the rollout workers; each worker's samples go to the reward workers as soon as
-        that worker finishes, so scoring overlaps the generation still running elsewhere."""
-        R, K = len(self.w.rollout), len(self.w.reward)
+        that worker finishes, so scoring overlaps the generation still running elsewhere.
+
+        A worker that dies or overruns its deadline is replaced and its shard generated (same seed) or scored
+        again, so the step's samples are the same as without the fault (the engine being deterministic)."""
+        R, K, f = len(self.w.rollout), len(self.w.reward), self.cfg.faults
         shards = [requests[i::R] for i in range(R)]
-        pending = {w.generate.remote(shard, replace(params, seed=None if params.seed is None else params.seed + i)): i
-                   for i, (w, shard) in enumerate(zip(self.w.rollout, shards)) if shard}
+        calls = Calls(self.w.stack_dir)
+
+        def generate(i: int) -> None:
+            shard_params = replace(params, seed=None if params.seed is None else params.seed + i)
+            w = self.w.rollout[i]
+            calls.add(w.generate.remote(shards[i], shard_params), f"rollout[{i}]",
+                      f"generating {len(shards[i])} prompts of step {self.step}", f.rollout_timeout_s, ("rollout", i, 0, w))
+
+        def score(i: int, k: int) -> None:
+            w = self.w.reward[k]
+            calls.add(w.score.remote(rows[i][k::K]), f"reward[{k}]",
+                      f"scoring {len(rows[i][k::K])} samples of step {self.step}", f.reward_timeout_s, ("reward", i, k, w))
+
         parts: dict[int, list[Sample]] = {}
-        scores: dict[int, list] = {}
-        while pending:
-            [done], _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(done)
-            parts[i] = ray.get(done)
-            rows = [{**s.fields, "prompt": s.prompt_text, "completion": s.response_text} for s in parts[i]]
-            scores[i] = [w.score.remote(rows[k::K]) for k, w in enumerate(self.w.reward)]
+        rows: dict[int, list[dict]] = {}
+        scores: dict[tuple[int, int], list] = {}
+        for i in range(R):
+            if shards[i]:
+                generate(i)
+        generated_at = None
+        while calls:
+            (role, i, k, worker), value = calls.next()
+            if isinstance(value, ActorFailure):
+                index = i if role == "rollout" else k
+                if getattr(self.w, role)[index] is worker:  # not yet replaced for an earlier call of the same actor
+                    self._replace_worker(role, index, value)
+                if role == "rollout":
+                    generate(i)
+                else:
+                    score(i, k)
+                continue
+            if role == "rollout":
+                parts[i] = value
+                rows[i] = [{**s.fields, "prompt": s.prompt_text, "completion": s.response_text} for s in value]
+                for kk in range(K):
+                    score(i, kk)
+                if len(parts) == len([sh for sh in shards if sh]):
+                    generated_at = time.perf_counter()
+            else:
+                scores[i, k] = value
         if timing is not None:
-            timing["perf/generate_s"] += time.perf_counter() - t0
-        t1 = time.perf_counter()
+            timing["perf/generate_s"] += (generated_at or time.perf_counter()) - t0
+            timing["perf/reward_s"] += time.perf_counter() - (generated_at or time.perf_counter())
         samples = []
         mask, names, acc_fn = self.cfg.algorithm.mask_reward_errors, self.prep.reward_names, self.cfg.reward.accuracy_fn
         for i in sorted(parts):  # shard order, not completion order: runs stay reproducible
-            for k, results in enumerate(ray.get(scores[i])):
-                for s, res in zip(parts[i][k::K], results):
+            for k in range(K):
+                for s, res in zip(parts[i][k::K], scores[i, k]):
                     steps.apply_reward(s, res, mask_errors=mask, reward_names=names, accuracy_fn=acc_fn)
             samples += parts[i]
-        if timing is not None:
-            timing["perf/reward_s"] += time.perf_counter() - t1
         return samples
+
+    # -- faults: replacing workers, rebuilding the trainer group ------------------------------------
+    def _replace_worker(self, role: str, index: int, failure: ActorFailure) -> None:
+        """A fresh rollout or reward worker in place of one that died or hung (faults.max_worker_restarts a step);
+        a rollout worker gets the current weights before it takes work."""
+        name, limit = f"{role}[{index}]", self.cfg.faults.max_worker_restarts
+        self.step_restarts[name] += 1
+        if self.step_restarts[name] > limit:
+            raise RuntimeError(f"{failure}\n{name} was replaced {limit} times in step {self.step} "
+                               f"(faults.max_worker_restarts={limit}); stopping. Rerun the same command to resume from "
+                               f"the newest checkpoint") from None
+        if role == "rollout" and self.w.transport != "object_store" and self.synced:
+            raise RuntimeError(f"{failure}\nA rollout worker cannot be replaced while the weights travel by "
+                               f"{self.w.transport} (its group cannot take a new member); set "
+                               f"rollout.weight_transport=object_store for restarts, or rerun to resume") from None
+        t0 = time.perf_counter()
+        log.warning("%s; replacing it (%d of at most %d this step)", failure, self.step_restarts[name], limit)
+        actors = getattr(self.w, role)
+        _kill(actors[index])
+        actors[index] = new = self.w.new_rollout(index) if role == "rollout" else self.w.new_reward(index)
+        self.w.ping(role, [new], [index])
+        if role == "rollout" and self.synced:
+            published = self.trainer_call("publish_weights", "gathering weights for a new rollout worker")[0]
+            gather(self.w.stack_dir, [new.update_weights.remote(published, self.version)], [name],
+                   "loading weights", self.cfg.faults.rollout_timeout_s)
+        self.faults[f"{role}_restarts"] += 1
+        self.faults["recovery_s"] += time.perf_counter() - t0
+
+    def _rebuild_trainers(self, lost: TrainerLost) -> None:
+        """A new trainer group from the newest complete checkpoint (or the initial model), then replay."""
+        limit = self.cfg.faults.max_trainer_restarts
+        self.faults["trainer_restarts"] += 1
+        path = checkpoint.latest(self.out)
+        if self.faults["trainer_restarts"] > limit:
+            where = f"the newest complete checkpoint is {path}" if path else "no checkpoint was written yet"
+            raise RuntimeError(f"{lost}\nThe trainer group was rebuilt {limit} times "
+                               f"(faults.max_trainer_restarts={limit}); stopping ({where}). Rerun the same command "
+                               f"to resume") from None
+        t0 = time.perf_counter()
+        lost_step = self.step
+        log.warning("%s; rebuilding the trainer group (%d of at most %d) from %s", lost,
+                    self.faults["trainer_restarts"], limit, path or "the initial model")
+        for rank in self.w.trainer:
+            _kill(rank)
+        self.w.trainer = self.w.new_trainers()
+        self._initial_state()
+        if path is not None:
+            self._restore(path)
+        self.sync_weights(self.version)  # the rollout workers hold the lost steps' weights
+        self.logger.rewind(self.step)
+        self.faults["steps_replayed"] += max(0, lost_step - self.step - 1)  # the failed step itself is redone too
+        self.faults["recovery_s"] += time.perf_counter() - t0
+
+    def trainer_call(self, method: str, phase: str, *args) -> list:
+        """Call `method` on every trainer rank (a collective) and return each rank's value. A rank that dies or
+        hangs raises TrainerLost; an error raised by a rank while all are alive is the rank's own error."""
+        ranks, names = self.w.trainer, self.w.names("trainer")
+        timeout = self.cfg.faults.trainer_timeout_s
+        try:
+            return gather(self.w.stack_dir, [getattr(r, method).remote(*args) for r in ranks], names,
+                          f"{phase} (step {self.step})", timeout)
+        except ActorFailure as failure:
+            raise TrainerLost(failure) from None
+        except ray.exceptions.RayTaskError as error:
+            try:  # a peer's death surfaces on the others as a collective error: then it is a lost rank
+                gather(self.w.stack_dir, [r.ping.remote() for r in ranks], names, "answering a ping", min(timeout, 30.0))
+            except ActorFailure as f:
+                first = next((ln for ln in str(error.cause).splitlines() if ln.strip()), type(error.cause).__name__)
+                raise TrainerLost(ActorFailure(f.actor, f"{phase} (step {self.step})",
+                                               f"{f.cause} (and another rank failed with: {first[:200]})",
+                                               f.stacks)) from None
+            raise
 
     # -- steps 5-6: the trainer ranks ----------------------------------------------------------
     def kl_in_reward(self, samples: list[Sample]) -> dict[str, float]:
@@ -204,22 +363,31 @@ class Driver:
         kr = self.cfg.algorithm.kl_in_reward
         if not kr.enable or not samples:
             return {}
-        ref = ray.put(samples)
-        parts = ray.get([t.sequence_kl.remote(ref, kr.estimator) for t in self.w.trainer])
+        parts = self.trainer_call("sequence_kl", "computing the KL to the reference", ray.put(samples), kr.estimator)
         return steps.apply_kl_penalty(samples, {i: v for part in parts for i, v in part.items()}, kr.coef)
 
     def train_on(self, batch: list[Sample]) -> list[TrainResult]:
         """One step's updates on every trainer rank (each takes its shard of every mini-batch)."""
         t = self.cfg.trainer
-        ray.get([w.sleep.remote() for w in self.w.rollout])  # colocated: hand the GPUs to the trainer
-        ref = ray.put(batch)
-        return ray.get([r.train_step.remote(ref, t.mini_batches, t.epochs) for r in self.w.trainer])
+        self._on_rollout(lambda w: w.sleep.remote(), "freeing the GPUs for training")  # colocated
+        return self.trainer_call("train_step", "training", ray.put(batch), t.mini_batches, t.epochs)
 
     # -- step 7: weights -------------------------------------------------------------------------
     def sync_weights(self, version: int) -> None:
-        published = ray.get([r.publish_weights.remote() for r in self.w.trainer])[0]  # rank 0's holds any buckets
-        ray.get([w.update_weights.remote(published, version) for w in self.w.rollout])
-        self.version = version
+        published = self.trainer_call("publish_weights", "gathering weights")[0]  # rank 0's holds any buckets
+        self.version, self.synced = version, True
+        self._on_rollout(lambda w: w.update_weights.remote(published, version), "loading weights")
+
+    def _on_rollout(self, call: Callable, phase: str) -> None:
+        """`call(worker)` on every rollout worker; one that fails is replaced (the replacement loads the
+        current weights itself, so the call is not repeated)."""
+        calls = Calls(self.w.stack_dir)
+        for i, w in enumerate(self.w.rollout):
+            calls.add(call(w), f"rollout[{i}]", phase, self.cfg.faults.rollout_timeout_s, i)
+        while calls:
+            i, value = calls.next()
+            if isinstance(value, ActorFailure):
+                self._replace_worker("rollout", i, value)
 
     # -- step 8: eval, checkpoints -----------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -231,7 +399,7 @@ class Driver:
 
     def driver_state(self) -> dict:
         return {"step": self.step, "version": self.version, "next_group_id": self.next_group_id,
-                "generated_tokens": self.generated_tokens,
+                "generated_tokens": self.generated_tokens, "failed_reward_steps": self.failed_reward_steps,
                 "iterator": self.iterator.state_dict(), "rng": self.rng.getstate(),
                 "sampler": self.sampler.state_dict() if self.sampler is not None else None,
                 "replay": self.replay.state_dict() if self.replay is not None else None,
@@ -239,7 +407,7 @@ class Driver:
 
     def save_checkpoint(self, step: int) -> None:
         def save_trainer(directory: str, tag: str) -> None:
-            ray.get([r.save_checkpoint.remote(directory, tag) for r in self.w.trainer])
+            self.trainer_call("save_checkpoint", "saving a checkpoint", directory, tag)
 
         checkpoint.save(self.out, step, self.driver_state(), save_trainer, self.cfg.trainer.keep_last)
 
@@ -250,10 +418,18 @@ class Driver:
         path = checkpoint.latest(self.out) if resume == "auto" else Path(resume)
         if path is None:
             return 0
+        self._restore(path)
+        self.sync_weights(self.version)
+        log.info("resumed from %s at step %d", path, self.step)
+        return self.step
+
+    def _restore(self, path: Path) -> None:
+        """Trainer ranks and driver state from the checkpoint at `path`."""
         state = checkpoint.load_driver_state(path)
-        ray.get([r.load_checkpoint.remote(str(path / "trainer"), "state") for r in self.w.trainer])
+        self.trainer_call("load_checkpoint", f"loading {path}", str(path / "trainer"), "state")
         self.step, self.version, self.next_group_id = state["step"], state["version"], state["next_group_id"]
         self.generated_tokens = state.get("generated_tokens", 0)
+        self.failed_reward_steps = state.get("failed_reward_steps", 0)
         self.iterator.load_state_dict(state["iterator"])
         self.rng.setstate(state["rng"])
         if self.sampler is not None and state["sampler"] is not None:
@@ -262,17 +438,21 @@ class Driver:
             self.replay.load_state_dict(state["replay"])
         if "replay_rng" in state:
             set_rng_state(self.replay_rng, state["replay_rng"])
-        self.sync_weights(self.version)
-        log.info("resumed from %s at step %d", path, self.step)
-        return self.step
 
     def save_final(self) -> None:
-        final = self.out / "final"
-        ray.get([r.save_hf.remote(str(final)) for r in self.w.trainer])
+        self.trainer_call("save_hf", "writing final/", str(self.out / "final"))
 
     def close(self) -> None:
         if hasattr(self, "logger"):
             self.logger.close()
+
+
+def _kill(actor) -> None:
+    """Stop an actor for good (a replacement takes its place); a dead one is already gone."""
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception as e:  # noqa: BLE001 - killing is best effort: the replacement does not depend on it
+        log.debug("could not kill an actor being replaced: %s", e)
 
 
 def prompt_requests(rows: list[dict], ids: Sequence[int], group_ids: Sequence[int]) -> list[PromptRequest]:

@@ -27,7 +27,9 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.last_eval: float | None = None
         self.console = console
-        self._wandb = _init_wandb(output_dir, config, wandb_mode, wandb_project)
+        resumed = start_step > 0
+        self._wandb = _init_wandb(output_dir, config, wandb_mode, wandb_project, resumed)
+        self._wandb_logged = self._last_logged_step() if self._wandb is not None and resumed else -1
         self._progress = None
         if console == "rich" and sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -41,11 +43,27 @@ class MetricsLogger:
         record = {"step": step, **{k: _clean(v) for k, v in sorted(metrics.items())}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self._wandb is not None:
+        if self._wandb is not None and step > self._wandb_logged:  # wandb's steps only go forward
             self._wandb.log(record, step=step)
+            self._wandb_logged = step
         if "eval/accuracy" in metrics:
             self.last_eval = metrics["eval/accuracy"]
         self._show(step, metrics)
+
+    def rewind(self, step: int) -> None:
+        """Drop the rows of steps after `step` from metrics.jsonl and samples.jsonl (-1: every row): the run goes
+        on from the checkpoint of `step` and logs the steps after it again, so each step keeps one row. wandb
+        keeps the rows it was sent the first time (it takes no step twice); a deterministic replay logs the same
+        values again, except timings."""
+        for path in (self.path, self.path.parent / "samples.jsonl"):
+            if not path.exists():
+                continue
+            lines = path.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+            if len(kept) != len(lines):
+                tmp = path.with_suffix(".rewind")
+                tmp.write_text("".join(kept))
+                os.replace(tmp, path)
 
     def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         """Append what the model wrote at this step to samples.jsonl (one JSON object per sample)."""
@@ -54,6 +72,13 @@ class MetricsLogger:
         with (self.path.parent / "samples.jsonl").open("a") as f:
             for s in samples:
                 f.write(json.dumps(_clean({"step": step, **s})) + "\n")
+
+    def _last_logged_step(self) -> int:
+        """The newest step in metrics.jsonl before this process (a resumed run's wandb run has it already)."""
+        if not self.path.exists():
+            return -1
+        return max((json.loads(line)["step"] for line in self.path.read_text().splitlines() if line.strip()),
+                   default=-1)
 
     def _show(self, step: int, m: dict[str, Any]) -> None:
         if "reward/mean" not in m:  # eval-only record (step 0)
@@ -83,14 +108,18 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def _init_wandb(output_dir, config: dict, mode: str, project: str):
+def _init_wandb(output_dir, config: dict, mode: str, project: str, resumed: bool):
     if mode == "disabled":
         return None
     try:
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        return wandb.init(project=project, dir=str(output_dir), mode=mode, config=config, reinit="finish_previous")
+        id_file = Path(output_dir) / "wandb_run_id"  # a resumed run continues the same wandb run
+        run_id = id_file.read_text().strip() if resumed and id_file.exists() else wandb.util.generate_id()
+        id_file.write_text(run_id)
+        return wandb.init(project=project, dir=str(output_dir), mode=mode, config=config, reinit="finish_previous",
+                          id=run_id, resume="allow")
     except Exception as e:  # wandb must never stop a run: metrics.jsonl is the record
         log.warning("wandb disabled (%s: %s); metrics still go to metrics.jsonl", type(e).__name__, e)
         return None

@@ -19,6 +19,7 @@ from typing import Any
 import ray
 
 from reward.runner import RewardRunner
+from rl.faults import Guard, GuardSpec, guarded
 from reward.types import RewardResult
 
 
@@ -29,11 +30,14 @@ class _RewardWorker:
         timeout_s: float = 10.0,
         num_workers: int = 2,
         quarantine_path: str | None = None,
+        guard: GuardSpec | None = None,
         **runner_options: Any,
     ) -> None:
         """Resolve the specs and start the worker processes; `runner_options` go to RewardRunner."""
+        self.guard = Guard(guard)
         self._runner = RewardRunner(specs, timeout_s, num_workers, quarantine_path, **runner_options)
 
+    @guarded
     def score(self, rows: list[dict[str, Any]]) -> list[RewardResult]:
         return self._runner.score(rows)
 

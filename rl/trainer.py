@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from rl.batch import MicroBatch, collate, split_by_token_budget
+from rl.faults import Guard, GuardSpec, guarded
 from rl.loss_config import LossConfig
 from rl.policy import PARITY_KEYS, PolicyModule, parity_sums
 from rl.types import Sample, TrainResult
@@ -37,10 +39,13 @@ if TYPE_CHECKING:  # the launch schema's sections, sent to every rank as they ar
 
 class TrainerWorker:
     def __init__(self, rank: int, world_size: int, *, model_path: str, trainer: TrainerConfig, model: ModelConfig,
-                 loss: LossConfig, temperature: float, need_ref: bool, threads: int, seed: int):
+                 loss: LossConfig, temperature: float, need_ref: bool, threads: int, seed: int,
+                 collective_timeout_s: float = 1800.0, guard: GuardSpec | None = None):
         if threads > 0:
             torch.set_num_threads(threads)
         self.rank, self.world_size = rank, world_size
+        self.guard = Guard(guard)
+        self.collective_timeout_s = collective_timeout_s
         self.publisher: WeightPublisher | None = None  # a GPU weight transport, once connect_rollout ran
         self.receivers: _RayReceivers | None = None
         self._init_args = dict(model_path=model_path, trainer_cfg=trainer, model_cfg=model,
@@ -52,6 +57,7 @@ class TrainerWorker:
             s.bind(("", 0))
             return ray.util.get_node_ip_address(), s.getsockname()[1]
 
+    @guarded
     def setup(self, master_addr: str, master_port: int) -> int:
         """Join the process group and build the DeepSpeed engine (all ranks call this together)."""
         self._setup(master_addr, master_port, **self._init_args)
@@ -70,7 +76,8 @@ class TrainerWorker:
         self.loss, self.temperature = loss, temperature
         self.zero_stage = trainer_cfg.zero_stage
         use_cuda = torch.cuda.is_available() and trainer_cfg.gpus_per_worker > 0
-        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", auto_mpi_discovery=False)
+        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", auto_mpi_discovery=False,
+                                   timeout=timedelta(seconds=self.collective_timeout_s))  # faults.trainer_timeout_s
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
         torch.manual_seed(seed)
         dtype = torch.bfloat16 if (use_cuda and model_cfg.dtype in ("auto", "bfloat16")) else torch.float32
@@ -105,6 +112,7 @@ class TrainerWorker:
                 p.requires_grad_(False)
 
     # -- training -----------------------------------------------------------------------------
+    @guarded
     def train_step(self, samples: list[Sample], num_mini_batches: int, epochs: int) -> TrainResult:
         """One step's updates. Returns per-micro-batch metric records (for the driver to aggregate), the lr,
         grad norms, the number of this rank's samples skipped for a zero advantage, and `parity`: sums of
@@ -195,6 +203,7 @@ class TrainerWorker:
                     pos += n
         return cur, ref
 
+    @guarded
     def sequence_kl(self, samples: list[Sample], estimator: str) -> dict[int, float]:
         """Σ_t KL_t(π_θ ‖ π_ref) per sample of this rank's shard (KL-in-reward, before advantages)."""
         from rl.losses import kl_penalty
@@ -233,6 +242,7 @@ class TrainerWorker:
             self.publisher.connect_nccl(host, port, world)
             _get(joins, timeout_s, "joining the trainer↔vLLM NCCL group")
 
+    @guarded
     def publish_weights(self) -> PublishedWeights:
         """Collective: gather full parameters bucket by bucket. The driver hands rank 0's value to the rollout
         workers: refs to the buckets (object store), or none (a GPU transport: rank 0 has loaded them itself)."""
@@ -257,14 +267,17 @@ class TrainerWorker:
         return out
 
     # -- checkpoints --------------------------------------------------------------------------
+    @guarded
     def save_checkpoint(self, directory: str, tag: str) -> None:
         self.engine.save_checkpoint(directory, tag=tag, save_latest=False)
 
+    @guarded
     def load_checkpoint(self, directory: str, tag: str) -> None:
         path, _ = self.engine.load_checkpoint(directory, tag=tag, load_module_strict=True)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag} in {directory}")
 
+    @guarded
     def save_hf(self, directory: str) -> None:
         """Collective: write a Hugging Face model directory (safetensors) from rank 0."""
         state = full_state_dict(self.policy.model, zero_stage=self.zero_stage, keep=self.rank == 0)

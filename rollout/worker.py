@@ -14,6 +14,7 @@ from typing import Any
 import ray
 import torch
 
+from rl.faults import Guard, GuardSpec, guarded
 from rl.types import PromptRequest, Sample
 from rl.weight_sync import PublishedWeights
 from rollout.engine import RolloutEngine, SamplingParams
@@ -29,13 +30,16 @@ def make_engine(name: str, model_path: str, **kwargs: Any) -> RolloutEngine:
 
 
 class RolloutWorker:
-    def __init__(self, engine: str, model_path: str, *, engine_kwargs: dict, threads: int = 0):
+    def __init__(self, engine: str, model_path: str, *, engine_kwargs: dict, threads: int = 0,
+                 guard: GuardSpec | None = None):
+        self.guard = Guard(guard)
         if threads > 0:
             torch.set_num_threads(threads)
         self.engine = make_engine(engine, model_path, **engine_kwargs)
         self.tokenizer = self.engine.tokenizer
         self.version = 0
 
+    @guarded
     def generate(self, requests: list[PromptRequest], params: SamplingParams) -> list[Sample]:
         """`params.n` samples per request, in the engine's output order."""
         outputs = self.engine.generate([r.prompt_ids for r in requests], params)
@@ -51,6 +55,7 @@ class RolloutWorker:
             ))
         return samples
 
+    @guarded
     def update_weights(self, published: PublishedWeights, version: int) -> int:
         """Object store: load the buckets; a GPU transport has already loaded them (no buckets)."""
         for ref in published.buckets:  # one bucket in memory at a time
