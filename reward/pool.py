@@ -7,6 +7,18 @@ past it, the worker's process group is SIGKILLed, then every process of its sand
 it forked, even after setsid), and a fresh worker is started in the background. A worker that
 dies or sends a malformed reply is replaced the same way. So a function that spins, sleeps,
 blocks in C, ignores signals or segfaults costs one deadline and one respawn, never the batch.
+
+Writes to a worker go through the same selector: the parent's write ends are non-blocking and a
+frame (a row can be far larger than the 64 KiB pipe buffer) is sent as the worker reads it. A
+worker that stops reading (stopped, or wedged) therefore costs its call's deadline, or its
+startup timeout for the config frame, like one that stops answering; a blocking write would
+hang the batch.
+
+A worker that fails to start (its functions fail to import, no hello in time, it exits) is
+retried after a backoff of START_RETRY_S, doubling with each failure in a row up to
+START_RETRY_MAX_S; a successful start resets it. While no worker is up and the backoff runs, the
+calls of a batch fail at once with the last start error rather than wait; a later batch past
+the backoff tries again, so a transient cause (a file briefly missing, memory pressure) heals.
 """
 
 from __future__ import annotations
@@ -26,13 +38,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reward import sandbox
-from reward.protocol import ProtocolError, decode_reply, pop_frame, write_frame
+from reward.protocol import ProtocolError, decode_reply, frame, pop_frame
 from reward.types import CallOutcome
 
 log = logging.getLogger("reward")
 _logged_notes: set[str] = set()  # degradations are logged once per process
-MAX_START_FAILURES = 3
-"""Consecutive failed worker starts after which the remaining calls of a batch fail at once."""
+START_RETRY_S = 0.5
+"""Wait after a failed worker start before the next; it doubles with each failure in a row."""
+START_RETRY_MAX_S = 30.0
+"""Longest wait between worker start attempts."""
 
 
 class RewardWorkerError(RuntimeError):
@@ -51,6 +65,8 @@ class _Worker:
     state: str = "starting"  # starting | idle | busy | dead
     task: int | None = None
     buf: bytearray = field(default_factory=bytearray)
+    out: memoryview = field(default_factory=lambda: memoryview(b""))
+    """What is left to write of the frame being sent (the write end is non-blocking)."""
     start_error: str | None = None
 
 
@@ -64,13 +80,18 @@ class WorkerPool:
         self._startup_timeout_s = startup_timeout_s
         self._sel = selectors.DefaultSelector()
         self._workers: list[_Worker] = []
-        self._start_failures = 0
         self._last_start_error = ""
+        self._retry_s = START_RETRY_S
+        """Backoff that the next failed start sets."""
+        self._next_start = 0.0
+        """No worker is spawned before this time.monotonic() (set by a failed start)."""
         self._timeout_s = 0.0
         self.level: str | None = None
         """Sandbox level the workers reached ("full", "userns", "rlimits", "off")."""
         self.restarts = 0
-        """Workers replaced after a timeout, crash or protocol violation."""
+        """Workers started to replace one that timed out, crashed, broke the protocol or failed to start."""
+        self.start_failures = 0
+        """Worker starts that failed (each is retried after the backoff)."""
         self.spawned_pids: list[int] = []
         """Every worker pid this pool started (for audits: the sandbox uid of each is base + pid)."""
         self._env = _worker_env()
@@ -99,9 +120,11 @@ class WorkerPool:
             for w in self._workers:
                 if queue and w.state == "idle":
                     self._dispatch(w, queue.popleft(), tasks, timeout_s, outcomes)
-            if queue and not any(w.state in ("busy", "starting", "idle") for w in self._workers):
-                for i in queue:  # nothing can run them: fail fast rather than hang
-                    error = f"no reward worker could be started: {self._last_start_error}"
+            wait = self._next_start - time.monotonic()
+            if queue and wait > 0 and all(w.state == "dead" for w in self._workers):
+                error = (f"no reward worker could be started; the first batch in {wait:.1f} s or later "
+                         f"tries again; last start error: {self._last_start_error}")
+                for i in queue:  # nothing can run them before the backoff ends: fail fast rather than hang
                     outcomes[i] = CallOutcome("error", error=error)
                 queue.clear()
             self._poll(outcomes)
@@ -134,19 +157,19 @@ class WorkerPool:
         self.spawned_pids.append(proc.pid)
         for fd in fds:
             os.close(fd)
-        os.set_blocking(p_read, False)
-        os.set_blocking(dump_read, False)
+        for fd in (p_read, p_write, dump_read):
+            os.set_blocking(fd, False)
         w = _Worker(proc, p_read, p_write, dump_read, workdir, time.monotonic() + self._startup_timeout_s)
         self._workers.append(w)
         self._sel.register(p_read, selectors.EVENT_READ, w)
-        try:
-            write_frame(p_write, pickle.dumps(dict(self._config, workdir=workdir)))
-        except BrokenPipeError:
-            pass  # it died at once; the EOF on its pipe reports it
+        self._send(w, pickle.dumps(dict(self._config, workdir=workdir)), None)
 
     def _replace_dead(self) -> None:
+        """Start a worker in place of each dead one, unless starts are failing and the backoff runs."""
         self._workers = [w for w in self._workers if w.state != "dead"]
-        while len(self._workers) < self._num_workers and self._start_failures < MAX_START_FAILURES:
+        if time.monotonic() < self._next_start:
+            return
+        while len(self._workers) < self._num_workers:
             self._spawn()
             self.restarts += 1
 
@@ -159,22 +182,52 @@ class WorkerPool:
             outcomes[i] = CallOutcome("error", error=f"row cannot be sent to a worker: {type(exc).__name__}: {exc}")
             return
         w.state, w.task, w.deadline = "busy", i, time.monotonic() + timeout_s
+        self._send(w, message, outcomes)
+
+    def _send(self, w: _Worker, payload: bytes, outcomes: list[CallOutcome | None] | None) -> None:
+        w.out = memoryview(frame(payload))
+        self._on_writable(w, outcomes)
+
+    def _on_writable(self, w: _Worker, outcomes: list[CallOutcome | None] | None) -> None:
+        """Write what the pipe takes now; while some is left, the selector says when it takes more."""
         try:
-            write_frame(w.wfd, message)
-        except OSError:
-            self._fail(w, outcomes, "error", f"worker process died before the call ({self._exit_text(w)})")
+            w.out = w.out[os.write(w.wfd, w.out):]
+        except BlockingIOError:
+            pass
+        except OSError:  # EPIPE: its read end is closed, so it is exiting
+            if w.state == "starting":
+                self._start_failed(w, f"worker process exited during startup ({self._exit_text(w)})")
+            else:
+                self._fail(w, outcomes, "error", f"worker process died before the call ({self._exit_text(w)})")
+            return
+        waiting = w.wfd in self._sel.get_map()
+        if w.out and not waiting:
+            self._sel.register(w.wfd, selectors.EVENT_WRITE, w)
+        elif not w.out and waiting:
+            self._sel.unregister(w.wfd)
 
     def _poll(self, outcomes: list[CallOutcome | None] | None) -> None:
-        """Wait for replies until the nearest deadline, then enforce the deadlines that passed."""
+        """Wait for replies (and pipes that take more of a frame) until the nearest deadline, then
+        enforce the deadlines that passed."""
         live = [w for w in self._workers if w.state in ("busy", "starting")]
         wait = max(0.0, min(w.deadline for w in live) - time.monotonic()) if live else 0.0
         for key, _ in self._sel.select(wait):
-            self._on_readable(key.data, outcomes)
+            w = key.data
+            if w.state == "dead":
+                continue  # killed while handling its other pipe's event of this round
+            if key.fd == w.wfd:
+                self._on_writable(w, outcomes)
+            else:
+                self._on_readable(w, outcomes)
         now = time.monotonic()
         expired = [w for w in self._workers if w.state == "busy" and now >= w.deadline]
         stacks = self._dump_stacks(expired)
         for w, stack in zip(expired, stacks):
-            error = f"call ran past the {self._timeout_s:g} s deadline; its worker was killed"
+            if w.out:
+                error = (f"call could not be sent within the {self._timeout_s:g} s deadline (its worker "
+                         "stopped reading); its worker was killed")
+            else:
+                error = f"call ran past the {self._timeout_s:g} s deadline; its worker was killed"
             self._fail(w, outcomes, "timeout", error, f"{error}\n--- stacks at the deadline ---\n{stack}")
         for w in self._workers:
             if w.state == "starting" and now >= w.deadline:
@@ -219,14 +272,14 @@ class WorkerPool:
             if not reply.get("ok"):
                 self._start_failed(w, str(reply.get("error")))
                 return
-            w.state, self._start_failures = "idle", 0
+            w.state, self._retry_s, self._next_start = "idle", START_RETRY_S, 0.0
             self.level = str(reply.get("level"))
             for note in reply.get("notes") or []:
                 if note not in _logged_notes:
                     _logged_notes.add(note)
                     log.warning("reward sandbox degraded (level %s): %s", self.level, note)
             return
-        if reply["type"] != "result" or w.state != "busy" or reply["id"] != w.task or outcomes is None:
+        if reply["type"] != "result" or w.state != "busy" or w.out or reply["id"] != w.task or outcomes is None:
             raise ProtocolError("unexpected message")
         if reply["status"] == "ok":
             metrics = {k: float(v) for k, v in reply["metrics"].items()}
@@ -249,7 +302,11 @@ class WorkerPool:
 
     def _start_failed(self, w: _Worker, error: str) -> None:
         w.start_error = self._last_start_error = error
-        self._start_failures += 1
+        self.start_failures += 1
+        self._next_start = time.monotonic() + self._retry_s
+        log.warning("reward worker failed to start (%d so far; next try in %.1f s at the earliest): %s",
+                    self.start_failures, self._retry_s, error)
+        self._retry_s = min(2 * self._retry_s, START_RETRY_MAX_S)
         self._kill(w)
 
     def _exit_text(self, w: _Worker) -> str:
@@ -278,6 +335,8 @@ class WorkerPool:
                 pass
         w.proc.wait()
         self._sel.unregister(w.rfd)
+        if w.wfd in self._sel.get_map():
+            self._sel.unregister(w.wfd)
         for fd in (w.rfd, w.wfd, w.dump_fd):
             os.close(fd)
         shutil.rmtree(w.workdir, ignore_errors=True)

@@ -25,8 +25,14 @@ class ProtocolError(Exception):
     """The worker sent something that is not a well-formed reply."""
 
 
+def frame(payload: bytes) -> bytes:
+    """The bytes of one message: a 4-byte big-endian length, then the payload."""
+    return _HEADER.pack(len(payload)) + payload
+
+
 def write_frame(fd: int, payload: bytes) -> None:
-    data = memoryview(_HEADER.pack(len(payload)) + payload)
+    """Blocking write of one frame (worker side; the parent writes non-blocking, from its selector loop)."""
+    data = memoryview(frame(payload))
     while data:
         data = data[os.write(fd, data):]
 

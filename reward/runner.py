@@ -87,8 +87,13 @@ class RewardRunner:
 
     @property
     def worker_restarts(self) -> int:
-        """Workers replaced so far (after timeouts, crashes or malformed replies)."""
+        """Workers started so far to replace others (after timeouts, crashes, malformed replies or failed starts)."""
         return self._pool.restarts if self._pool else 0
+
+    @property
+    def worker_start_failures(self) -> int:
+        """Worker starts that failed so far; the pool retries them with backoff (see reward/pool.py)."""
+        return self._pool.start_failures if self._pool else 0
 
     @property
     def worker_pids(self) -> list[int]:

@@ -49,6 +49,7 @@ class _RewardWorker:
             "functions": [f.name for f in self._runner.fns],
             "counts": dict(self._runner.counts),
             "worker_restarts": self._runner.worker_restarts,
+            "worker_start_failures": self._runner.worker_start_failures,
         }
 
     def close(self) -> None:
