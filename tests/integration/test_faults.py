@@ -125,3 +125,35 @@ def test_a_run_whose_rewards_all_fail_stops_without_writing_final(ray_cluster, t
         run(cfg)
     assert not (tmp_path / "run" / "final").exists()
     assert (tmp_path / "run" / "quarantine.jsonl").read_text().count("KeyError") >= 2 * 16
+
+
+def test_a_killed_driver_resumes_with_one_row_per_step(tmp_path, baseline):
+    """SIGKILL of the whole `python -m launch.train` process group after step 3 was logged (checkpoint: step 2):
+    the same command resumes from step 2, logs 3 and 4 once, and ends where the uninterrupted run ended."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "launch.train", "configs/debug_cpu.yaml", f"trainer.output_dir={tmp_path}",
+           f"model.cache_dir={tmp_path.parent / 'models'}", *STEPS]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", WANDB_MODE="disabled")
+    first = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not ((tmp_path / "metrics.jsonl").exists() and any(r["step"] == 3 for r in _rows(tmp_path))):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run ended before step 3"
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+    assert not (tmp_path / "final").exists()
+    second = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert [r["step"] for r in _rows(tmp_path)] == [0, 1, 2, 3, 4]
+    _same_run(tmp_path, baseline)
