@@ -1,6 +1,7 @@
 """Metrics out: `metrics.jsonl` (always), wandb (offline by default), and the console.
 
-`metrics.jsonl` holds one JSON object per step with at least `step`, `reward/mean`, `loss/policy`,
+`metrics.jsonl` holds one JSON object per step with at least `step`, `time` (Unix seconds when it was logged),
+`reward/mean`, `loss/policy`,
 `perf/step_time_s`, `perf/tokens_per_s`, plus `eval/accuracy` on eval steps. The console shows a
 progress bar with step, reward, eval accuracy, tokens/s and the step time split into
 generate / reward / train / sync, or one plain line per step with `logging.console=plain` and whenever
@@ -14,6 +15,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,7 @@ class MetricsLogger:
             self._progress.start()
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        record = {"step": step, **{k: _clean(v) for k, v in sorted(metrics.items())}}
+        record = {"step": step, "time": round(time.time(), 3), **{k: _clean(v) for k, v in sorted(metrics.items())}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self._wandb is not None and step > self._wandb_logged:  # wandb's steps only go forward

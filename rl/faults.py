@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import faulthandler
 import functools
+import json
 import os
 import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -89,6 +90,7 @@ class Guard:
             self._arm(timeout)
         for f in self.spec.inject:
             if f.method == method and f.call == self.calls[method]:
+                self._record(f)
                 _inject(f.action)
 
     def exit(self) -> None:
@@ -96,6 +98,14 @@ class Guard:
             faulthandler.cancel_dump_traceback_later()
             self._dump_file.close()
             self._dump_file = None
+
+    def _record(self, fault: Fault) -> None:
+        """When the fault fired, in `<stack_dir>/injected.jsonl` (benchmarks/faults.py times recovery from it)."""
+        if self.spec.stack_dir is None:
+            return
+        Path(self.spec.stack_dir).mkdir(parents=True, exist_ok=True)
+        with (Path(self.spec.stack_dir) / "injected.jsonl").open("a") as f:
+            f.write(json.dumps({"actor": self.spec.name, **asdict(fault), "time": time.time()}) + "\n")
 
     def _arm(self, timeout: float) -> None:
         path = self.spec.stack_path

@@ -26,7 +26,7 @@ def _rows(out) -> list[dict]:
 
 def _learning(rows: list[dict]) -> list[dict]:
     """What a run learned and measured, without timings and fault counters."""
-    return [{k: v for k, v in r.items() if not k.startswith(("perf/", "faults/"))} for r in rows]
+    return [{k: v for k, v in r.items() if k != "time" and not k.startswith(("perf/", "faults/"))} for r in rows]
 
 
 def _weights(out) -> dict[str, torch.Tensor]:
