@@ -69,8 +69,11 @@ class TrainerWorker:
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
         if master_addr.startswith("127."):  # loopback cluster: keep gloo's pair sockets on loopback too
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+            self._rendezvous_server = _loopback_store_server(master_addr, master_port) if self.rank == 0 else None
         import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        _skip_shm_comm_build()
 
         self.cfg = trainer_cfg
         self.loss, self.temperature = loss, temperature
@@ -306,6 +309,40 @@ class _RayReceivers:
     def load_ipc_bucket(self, bucket_wire: dict, handles: dict[str, bytes], timeout_s: float) -> None:
         _get([w.load_ipc_bucket.remote(bucket_wire, handles) for w in self.workers], timeout_s,
              "loading a weight bucket over CUDA IPC")
+
+
+def _loopback_store_server(host: str, port: int) -> dist.TCPStore:
+    """Rank 0's rendezvous server, listening on `host` (a loopback address) alone.
+
+    env:// rendezvous (deepspeed.init_distributed) starts the TCPStore server on all interfaces and has no
+    option to bind one. It starts it multi-tenant, though, and a multi-tenant TCPStore reuses the server of
+    the same port already running in its process, so a server started here first on a socket bound to `host`
+    is the one the process group uses. Were that reuse ever dropped, rank 0's own server would fail to bind
+    the port (address in use) rather than listen on all interfaces.
+    """
+    sock = socket.socket()
+    sock.bind((host, port))
+    sock.listen()
+    return dist.TCPStore(host, port, is_master=True, wait_for_workers=False, multi_tenant=True,
+                         master_listen_fd=sock.detach())  # the store owns the socket from here on
+
+
+def _skip_shm_comm_build() -> None:
+    """Keep DeepSpeed from JIT-building its CPU shared-memory all-reduce op (`deepspeed_shm_comm`).
+
+    On the CPU accelerator every init_distributed loads it through torch's JIT build, which holds a lock file
+    in the extension's cache directory each time, built or not; a process killed while holding it leaves the
+    lock, and every later start waits on it forever.
+    The op serves only DeepSpeed's `inference_all_reduce` (tensor-parallel inference); training collectives
+    go through torch.distributed (gloo) either way. DeepSpeed skips the op when its probed compatibility
+    entry is False; it keeps that probe in one module dict, so the edit holds for this process.
+    """
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")  # None off the CPU accelerator
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
 def _get(refs: list, timeout_s: float, what: str) -> list:
