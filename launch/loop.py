@@ -110,12 +110,15 @@ class Driver:
         replay of the steps since the newest checkpoint, inside this call (faults.max_trainer_restarts)."""
         if self.start_step == 0 and self.prep.eval_rows:
             self.logger.log(0, self.evaluate())
+        lost: TrainerLost | None = None
         while True:
             try:
+                if lost is not None:  # a rebuild that itself loses a rank counts as the next rebuild
+                    self._rebuild_trainers(lost)
                 self._steps()
                 return
-            except TrainerLost as lost:
-                self._rebuild_trainers(lost)
+            except TrainerLost as e:
+                lost = e
 
     def _steps(self) -> None:
         t, alg = self.cfg.trainer, self.cfg.algorithm
@@ -328,7 +331,10 @@ class Driver:
                     self.faults["trainer_restarts"], limit, path or "the initial model")
         for rank in self.w.trainer:
             _kill(rank)
-        self.w.trainer = self.w.new_trainers()
+        try:
+            self.w.trainer = self.w.new_trainers()
+        except ActorFailure as failure:
+            raise TrainerLost(failure) from None
         self._initial_state()
         if path is not None:
             self._restore(path)

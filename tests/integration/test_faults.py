@@ -108,6 +108,16 @@ def test_a_worker_that_keeps_dying_stops_the_run_naming_it(ray_cluster, tmp_path
         run(cfg)
 
 
+def test_a_trainer_group_that_keeps_failing_stops_the_run(ray_cluster, tmp_path):
+    from launch.loop import run
+
+    cfg = debug_config(tmp_path, *STEPS, "faults.inject=[trainer:1:train_step:1:kill]", "faults.max_trainer_restarts=0")
+    with pytest.raises(RuntimeError, match=r"trainer\[1\] died .* while training \(step 1\)(.|\n)*"
+                                           r"faults.max_trainer_restarts=0(.|\n)*no checkpoint was written yet"):
+        run(cfg)
+    assert not (tmp_path / "final").exists()
+
+
 REWARD_ALWAYS_FAILS = '''
 def broken(prompt, completion, **sample):
     raise KeyError("solution")
