@@ -197,7 +197,7 @@ class ReplayBuffer:
 
     # -- checkpoint ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Entries (the Sample objects themselves: save with torch.save(..., weights_only=False) or pickle)
+        """Entries (the Sample objects themselves, in tuples; launch/checkpoint.py saves them without pickle)
         and counters. Hyperparameters are not saved: they come from the config on resume."""
         return {"format": STATE_FORMAT,
                 "entries": [(e.sample, e.advantage, e.policy_version, e.step) for e in self._entries],

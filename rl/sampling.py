@@ -177,7 +177,8 @@ class DynamicSampler:
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        """Carried groups (the items themselves; must be picklable) and counters."""
+        """Carried groups (the items themselves: plain values or Samples, which launch/checkpoint.py saves
+        without pickle) and counters."""
         return {
             "kept": [list(g) for g in self._kept], "carried_in": self._carried_in, "rounds": self._rounds,
             "seen": self._seen, "zero_var": self._zero_var, "discarded_total": self._discarded_total,

@@ -11,6 +11,10 @@ micro-batches, so that
 DeepSpeed runs with caller-managed accumulation: backward() accumulates, step() is the boundary.
 DeepSpeed averages gradients over ranks; each rank's loss share is multiplied by W to undo that.
 
+Checkpoints: DeepSpeed writes them as it always does; they are read back with torch's weights_only unpickler
+(rl/safe_load.py) and an allow-list of the three DeepSpeed classes its files hold (`_deepspeed_checkpoint_classes`),
+so a planted file cannot run code on a resume.
+
 This is the only module in rl/ that imports Ray.
 """
 
@@ -30,6 +34,7 @@ from rl.batch import MicroBatch, collate, split_by_token_budget
 from rl.faults import Guard, GuardSpec, guarded
 from rl.loss_config import LossConfig
 from rl.policy import PARITY_KEYS, PolicyModule, parity_sums
+from rl.safe_load import load_weights_only
 from rl.types import Sample, TrainResult
 from rl.weight_sync import Deadline, PublishedWeights, WeightPublisher, full_state_dict, gather_buckets
 
@@ -108,6 +113,7 @@ class TrainerWorker:
         }
         self.engine, *_ = deepspeed.initialize(model=self.policy, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=ds_config)
+        self.engine.checkpoint_engine = _WeightsOnlyLoads(self.engine.checkpoint_engine)
         self.ref = None
         if need_ref:  # frozen reference policy for the KL term (never wrapped by DeepSpeed)
             self.ref = PolicyModule(AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)).to(self.device).eval()
@@ -291,6 +297,35 @@ class TrainerWorker:
 
     def ping(self) -> int:
         return self.rank
+
+
+class _WeightsOnlyLoads:
+    """DeepSpeed's checkpoint engine with `load` replaced: every file DeepSpeed reads back during
+    `engine.load_checkpoint` (model states, ZeRO optimizer partitions) goes through `load_weights_only`, which
+    DeepSpeed's own engine (torch.load(weights_only=False)) does not. Saving and everything else is the
+    wrapped engine's."""
+
+    def __init__(self, inner):
+        self._inner, self._allow = inner, _deepspeed_checkpoint_classes()
+
+    def load(self, path: str, map_location=None):
+        return load_weights_only(path, self._allow, map_location)
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+def _deepspeed_checkpoint_classes() -> tuple[type, ...]:
+    """The non-torch classes in the checkpoint files of every engine this trainer builds (DeepSpeed 0.19, fp32
+    or bf16, ZeRO 0-3), as `torch.serialization.get_unsafe_globals_in_checkpoint` lists them: ZeRO 1-3 optimizer
+    states pickle their loss scaler (attributes only) and stage enum, ZeRO 1-2 and bf16 ZeRO 1 the
+    (numel, start) addresses of their parameter slices. ZeRO 0 files need none. A DeepSpeed version that pickles
+    anything else fails to load with UnsafeCheckpointError naming the class, never runs it."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return LossScaler, ZeroStageEnum, fragment_address
 
 
 class _RayReceivers:

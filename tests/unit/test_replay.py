@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from launch import checkpoint
 from rl.loss_config import LossConfig, LossInputs
 from rl.losses import importance_weights
 from rl.replay import (ReplayBuffer, per_weights, ratio_count, replay_metrics, rng_state, set_rng_state,
@@ -269,11 +270,11 @@ def test_state_round_trip_is_exact():
     for step in range(1, 5):
         buf.add([make((-1) ** k * (0.2 + 0.3 * k), version=step - 1, pid=10 * step + k) for k in range(3)], step=step)
         buf.sample(4, rng, current_version=step - 1)
-    # save through the same path as the checkpoint (torch.save of the driver state)
+    # save through the same path as the checkpoint (launch/checkpoint.py: encoded, read back weights_only)
     blob = io.BytesIO()
-    torch.save({"replay": buf.state_dict(), "replay_rng": rng_state(rng)}, blob)
+    torch.save(checkpoint.encode_state({"replay": buf.state_dict(), "replay_rng": rng_state(rng)}), blob)
     blob.seek(0)
-    saved = torch.load(blob, weights_only=False)
+    saved = checkpoint.decode_state(torch.load(blob, weights_only=True))
 
     expected, p_expected = buf.sample(16, rng, current_version=5)  # the uninterrupted run
 

@@ -3,11 +3,12 @@ rounds/surplus/error/checkpoint behaviour, and the config -> sampler mapping."""
 
 from __future__ import annotations
 
-import pickle
+import io
 
 import pytest
 import torch
 
+from launch import checkpoint
 from launch.schema_algorithm import AlgorithmConfig, DynamicSamplingConfig, OverlongConfig
 from rl.sampling import DynamicSampler, informative_groups, overlong_penalty
 from rl.types import Sample
@@ -159,7 +160,10 @@ def test_state_dict_round_trip_resumes_identically():
     cfg_sampler.take(1)  # one informative group carried
     ds.add(groups_from([[0, 1], [1, 1]]))  # mid-step: 1 round, 1 group held
     for sampler in (ds, cfg_sampler):
-        state = pickle.loads(pickle.dumps(sampler.state_dict()))  # what the checkpoint stores
+        blob = io.BytesIO()  # what the checkpoint stores and a resume reads back (launch/checkpoint.py)
+        torch.save(checkpoint.encode_state(sampler.state_dict()), blob)
+        blob.seek(0)
+        state = checkpoint.decode_state(torch.load(blob, weights_only=True))
         fresh = DynamicSampler(sampler.metric, max_rounds=sampler.max_rounds, carry_surplus=sampler.carry_surplus)
         fresh.load_state_dict(state)
         assert fresh.state_dict() == sampler.state_dict()
