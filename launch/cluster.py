@@ -21,7 +21,7 @@ from typing import Any
 import ray
 
 from launch.config import Config, ConfigError
-from launch.supervisor import STACK_GRACE_S, gather, guard_spec
+from launch.supervisor import gather, guard_spec
 
 log = logging.getLogger("rlvr")
 
@@ -145,10 +145,11 @@ class Workers:
         addr, port = gather(self.stack_dir, [ranks[0].rendezvous_address.remote()], names[:1], "starting",
                             cfg.faults.start_timeout_s)[0]
         gather(self.stack_dir, [w.setup.remote(addr, port) for w in ranks], names,
-               "loading the model and joining the process group", cfg.faults.start_timeout_s + STACK_GRACE_S)
-        if self.transport != "object_store":
-            ray.get([w.connect_rollout.remote(self.rollout, self.transport, cfg.rollout.sync_timeout_s)
-                     for w in ranks])
+               "loading the model and joining the process group", cfg.faults.start_timeout_s)
+        if self.transport != "object_store":  # the ranks' own joins time out at sync_timeout_s; this is the backstop
+            gather(self.stack_dir, [w.connect_rollout.remote(self.rollout, self.transport, cfg.rollout.sync_timeout_s)
+                                    for w in ranks], names, f"connecting the {self.transport} weight transport",
+                   2 * cfg.rollout.sync_timeout_s)
         return ranks
 
     def ping(self, role: str, actors: list, indices: range | list[int] | None = None) -> None:

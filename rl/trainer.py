@@ -245,7 +245,7 @@ class TrainerWorker:
         self.receivers = _RayReceivers(rollout)
         if transport == "nccl":  # group: this rank (0) and every vLLM worker of every rollout engine
             host, port = self.rendezvous_address()
-            sizes = ray.get([w.tensor_parallel_size.remote() for w in rollout])
+            sizes = _get([w.tensor_parallel_size.remote() for w in rollout], timeout_s, "asking the engines their sizes")
             world = 1 + sum(sizes)
             joins = [w.init_weight_group.remote(host, port, 1 + sum(sizes[:i]), world) for i, w in enumerate(rollout)]
             self.publisher.connect_nccl(host, port, world)
