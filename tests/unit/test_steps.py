@@ -214,6 +214,7 @@ def test_train_metrics_when_nothing_was_trained():
 def test_sample_record_and_prompt_requests():
     from launch.loop import prompt_requests
     from rollout.engine import GenerationOutput
+    from rl.faults import Guard
     from rollout.worker import RolloutWorker
 
     s = _s(0.5, metrics={"math": 1.0}, adv=0.25)
@@ -235,7 +236,7 @@ def test_sample_record_and_prompt_requests():
             return [GenerationOutput(k // 2, [7, k], [-0.1, -0.2], "stop") for k in range(2 * len(prompts))]
 
     worker = RolloutWorker.__new__(RolloutWorker)
-    worker.engine, worker.version = Engine(), 3
+    worker.engine, worker.version, worker.guard = Engine(), 3, Guard(None)
     worker.tokenizer = type("Tok", (), {"batch_decode": lambda self, ids, **kw: [str(x) for x in ids]})()
     out = worker.generate(requests, None)
     assert [(o.prompt_id, o.group_id, o.prompt_text, o.fields["answer"], o.policy_version) for o in out] == [
