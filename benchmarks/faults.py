@@ -2,7 +2,7 @@
 steps lost, each measured on a real run with a real signal (faults.inject, rl/faults.py).
 
     python benchmarks/faults.py                       # tiny debug recipe, 6 steps, checkpoint every 2
-    python benchmarks/faults.py --recipe configs/quickstart.yaml --steps 4 --out /tmp/faults
+    python benchmarks/faults.py --recipe configs/quickstart.yaml --steps 3 --save-every 1 --cases "rollout worker SIGKILL" "trainer rank SIGKILL"
 
 Every case is one `python -m launch.train` run in a fresh process with its own local Ray cluster, one after the
 other; the first is the uninterrupted baseline. For each case it prints a JSON line and, at the end, a Markdown
@@ -90,6 +90,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--save-every", type=int, default=2)
     ap.add_argument("--out", default="/tmp/rlvr-faults-bench")
+    ap.add_argument("--cases", nargs="*", help="run only the cases whose name starts with one of these (and the "
+                                               "baseline), e.g. --cases rollout trainer")
     args = ap.parse_args()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE=env.get("RAY_AUTH_MODE", "disabled"), RAY_USAGE_STATS_ENABLED="0")
@@ -97,6 +99,8 @@ def main() -> None:
     base_wall = 0.0
     table = []
     for name, extra, driver_kill in cases(args.save_every):
+        if args.cases and name != "baseline" and not name.startswith(tuple(args.cases)):
+            continue
         out = Path(args.out) / name.split(" (")[0].replace(" ", "_").replace(",", "")
         subprocess.run(["rm", "-rf", str(out)], check=True)
         cmd = [sys.executable, "-m", "launch.train", args.recipe, f"trainer.output_dir={out}",

@@ -69,6 +69,11 @@ FAULT_METRICS = ("rollout_restarts", "reward_restarts", "trainer_restarts", "ste
 rebuilds, steps trained again after a rebuild, and the seconds spent recovering."""
 
 
+PING_TIMEOUT_S = 10.0
+"""After a rank raised inside a collective call: how long the others get to answer a ping (a live rank answers in
+milliseconds once its own part of the call has failed too; a hung one never does)."""
+
+
 class TrainerLost(RuntimeError):
     """A trainer rank died or hung: the whole group is rebuilt from the newest complete checkpoint."""
 
@@ -355,7 +360,7 @@ class Driver:
             raise TrainerLost(failure) from None
         except ray.exceptions.RayTaskError as error:
             try:  # a peer's death surfaces on the others as a collective error: then it is a lost rank
-                gather(self.w.stack_dir, [r.ping.remote() for r in ranks], names, "answering a ping", min(timeout, 30.0))
+                gather(self.w.stack_dir, [r.ping.remote() for r in ranks], names, "answering a ping", PING_TIMEOUT_S)
             except ActorFailure as f:
                 first = next((ln for ln in str(error.cause).splitlines() if ln.strip()), type(error.cause).__name__)
                 raise TrainerLost(ActorFailure(f.actor, f"{phase} (step {self.step})",

@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,7 @@ def _init_wandb(output_dir, config: dict, mode: str, project: str, resumed: bool
 
         os.environ.setdefault("WANDB_SILENT", "true")
         id_file = Path(output_dir) / "wandb_run_id"  # a resumed run continues the same wandb run
-        run_id = id_file.read_text().strip() if resumed and id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if resumed and id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)
         return wandb.init(project=project, dir=str(output_dir), mode=mode, config=config, reinit="finish_previous",
                           id=run_id, resume="allow")

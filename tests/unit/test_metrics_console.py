@@ -22,3 +22,30 @@ def test_rich_console_prints_plain_lines_when_stdout_is_not_a_terminal(tmp_path,
     assert lines[0] == "step 0: eval/accuracy 0.500"
     assert lines[1].startswith("step 1: reward 0.250 | eval acc 0.500 | 100 tok/s")
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_rewind_keeps_one_row_per_step_and_wandb_continues_the_same_run(tmp_path, monkeypatch):
+    """A resume from step 2 drops the rows of steps 3+ (metrics and samples) before they are logged again; the
+    resumed wandb run is the same run (offline mode: no network) and is not sent a step twice."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    first = MetricsLogger(tmp_path, total_steps=4, config={}, wandb_mode="offline", wandb_project="p", console="plain")
+    for step in range(4):
+        first.log(step, STEP)
+        first.log_samples(step, [{"completion": str(step)}])
+    run_id = first._wandb.id
+    first.close()
+
+    second = MetricsLogger(tmp_path, total_steps=4, config={}, wandb_mode="offline", wandb_project="p",
+                           console="plain", start_step=2)
+    second.rewind(2)
+    assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert [json.loads(x)["step"] for x in (tmp_path / "samples.jsonl").read_text().splitlines()] == [0, 1, 2]
+    sent = []
+    monkeypatch.setattr(second._wandb, "log", lambda record, step: sent.append(step))
+    for step in (3, 4):
+        second.log(step, STEP)
+    assert second._wandb.id == run_id and sent == [4]  # step 3 already reached wandb before the resume
+    second.close()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4] and all(isinstance(r["time"], float) for r in rows)
