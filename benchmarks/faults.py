@@ -8,7 +8,8 @@ Every case is one `python -m launch.train` run in a fresh process with its own l
 other; the first is the uninterrupted baseline. For each case it prints a JSON line and, at the end, a Markdown
 table:
 - `fault→step_s`: from the fault (the time the injected actor recorded just before the signal, or the SIGKILL
-  of the driver) to the `time` of the first metrics row completed after recovery;
+  of the driver) to the `time` of the first metrics row completed after recovery (`that_step`); it includes
+  the rest of that step, whose uninterrupted duration is `its_baseline_step_s`;
 - `recovery_s`: the driver's own count of seconds spent replacing or rebuilding (faults/recovery_s);
 - `wall_over_baseline_s`: the case's wall time minus the baseline's;
 - `steps_recomputed`: steps trained a second time after a trainer rebuild (faults/steps_replayed), plus the
@@ -40,10 +41,10 @@ def cases(save_every: int) -> list[tuple[str, list[str], str | None]]:
         ("baseline", [], None),
         ("rollout worker SIGKILL", ["faults.inject=[rollout:0:generate:4:kill]"], None),
         ("reward worker SIGKILL", ["faults.inject=[reward:0:score:4:kill]"], None),
-        ("trainer rank SIGKILL", [f"faults.inject=[trainer:1:train_step:{k}:kill]"], None),
+        ("trainer rank SIGKILL", [f"faults.inject=[trainer:0:train_step:{k}:kill]"], None),
         ("rollout worker hung (10 s deadline)", ["faults.inject=[rollout:0:generate:4:hang]", *hang], None),
         ("reward worker SIGSTOP (10 s deadline)", ["faults.inject=[reward:0:score:4:stop]", *hang], None),
-        ("trainer rank hung (20 s deadline)", [f"faults.inject=[trainer:1:train_step:{k}:hang]", *hang], None),
+        ("trainer rank hung (20 s deadline)", [f"faults.inject=[trainer:0:train_step:{k}:hang]", *hang], None),
         ("driver SIGKILL, rerun", [], f"kill-driver-after:{save_every + 1}"),
     ]
 
@@ -96,6 +97,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE=env.get("RAY_AUTH_MODE", "disabled"), RAY_USAGE_STATS_ENABLED="0")
     base_rows: dict[int, dict] = {}
+    base_step_s: dict[int, float] = {}
     base_wall = 0.0
     table = []
     for name, extra, driver_kill in cases(args.save_every):
@@ -110,9 +112,12 @@ def main() -> None:
         got = rows(out)
         if name == "baseline":
             base_rows, base_wall = {r["step"]: learned(r) for r in got}, wall
+            base_step_s = {r["step"]: r.get("perf/step_time_s") for r in got}
         injected = out / "faults" / "injected.jsonl"
         if fault is None and injected.exists():
             fault = json.loads(injected.read_text().splitlines()[0])["time"]
+        if extra and fault is None:
+            raise RuntimeError(f"{name}: the injected fault never fired ({extra}); does the recipe have that actor?")
         after = [r for r in got if fault is not None and r["time"] >= fault]
         last = got[-1] if got else {}
         by_step = {r["step"]: learned(r) for r in got}
@@ -120,6 +125,8 @@ def main() -> None:
         result = {
             "case": name,
             "fault→step_s": round(after[0]["time"] - fault, 1) if after else None,
+            "that_step": after[0]["step"] if after else None,
+            "its_baseline_step_s": round(base_step_s.get(after[0]["step"]) or 0, 1) if after else None,
             "recovery_s": round(last.get("faults/recovery_s", 0.0), 1),
             "wall_s": round(wall, 1),
             "wall_over_baseline_s": round(wall - base_wall, 1),

@@ -243,12 +243,12 @@ class TrainerConfig:
 
 @dataclass(frozen=True)
 class FaultsConfig:
-    rollout_timeout_s: float = 1800.0
+    rollout_timeout_s: float = 3600.0
     """Deadline of one call on a rollout worker (a shard's generation, a weight update). On expiry the worker's
     stacks are dumped into the error, it is replaced and the call retried."""
     reward_timeout_s: float = 600.0
     """Deadline of one batch on a reward worker (each function call inside also has reward.timeout_s)."""
-    trainer_timeout_s: float = 1800.0
+    trainer_timeout_s: float = 3600.0
     """Deadline of one call on the trainer ranks (a training step, a checkpoint, a weight gather), and the
     torch.distributed timeout of every collective (instead of gloo's 30 minutes and NCCL's 10)."""
     start_timeout_s: float = 900.0

@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # the launch schema's sections, sent to every rank as they ar
 class TrainerWorker:
     def __init__(self, rank: int, world_size: int, *, model_path: str, trainer: TrainerConfig, model: ModelConfig,
                  loss: LossConfig, temperature: float, need_ref: bool, threads: int, seed: int,
-                 collective_timeout_s: float = 1800.0, guard: GuardSpec | None = None):
+                 collective_timeout_s: float = 3600.0, guard: GuardSpec | None = None):
         if threads > 0:
             torch.set_num_threads(threads)
         self.rank, self.world_size = rank, world_size
