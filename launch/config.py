@@ -24,6 +24,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from launch.schema_algorithm import AlgorithmConfig
 from rl.faults import Fault
+from rl.lr_schedule import LR_SCHEDULERS
 
 
 class ConfigError(ValueError):
@@ -194,8 +195,12 @@ class TrainerConfig:
     """AdamW learning rate (DeepSeekMath GRPO: 1e-6)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    lr_scheduler: str = "constant"
+    """LR schedule after the warm-up: `constant`, `linear` or `cosine` (both decay to 0) over the run's planned
+    optimizer steps, total_steps × mini_batches × epochs; a run that takes fewer (a step with fewer samples than
+    mini_batches, or one ended by max_generated_tokens) ends above 0. transformers' schedules (rl/lr_schedule.py)."""
     warmup_steps: int = 0
-    """Linear LR warm-up, in optimizer steps."""
+    """Linear LR warm-up, in optimizer steps: the first runs at lr/warmup_steps, the warmup_steps-th at lr."""
     grad_clip: float = 1.0
     """Global gradient-norm clip (0 disables)."""
     train_prompts: int = 8
@@ -231,6 +236,10 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"trainer.zero_stage={self.zero_stage}: use 0, 1, 2 or 3")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ConfigError(f"trainer.lr_scheduler={self.lr_scheduler!r}: use one of {', '.join(LR_SCHEDULERS)}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"trainer.warmup_steps={self.warmup_steps}: must be >= 0 (0: no warm-up)")
         if self.resume not in ("auto", "never") and not self.resume:
             raise ConfigError("trainer.resume: use auto, never, or a checkpoint directory")
         for key in ("num_workers", "train_prompts", "mini_batches", "epochs", "total_steps"):

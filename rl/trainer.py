@@ -33,6 +33,7 @@ import torch.distributed as dist
 from rl.batch import MicroBatch, collate, split_by_token_budget
 from rl.faults import Guard, GuardSpec, guarded
 from rl.loss_config import LossConfig
+from rl.lr_schedule import make_lr_scheduler
 from rl.policy import PARITY_KEYS, PolicyModule, parity_sums
 from rl.safe_load import load_weights_only
 from rl.types import Sample, TrainResult
@@ -98,8 +99,9 @@ class TrainerWorker:
         self.policy = PolicyModule(model)
         optimizer = torch.optim.AdamW(self.policy.parameters(), lr=trainer_cfg.lr,
                                       weight_decay=trainer_cfg.weight_decay, betas=(0.9, 0.999))
-        warmup = max(1, trainer_cfg.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        # planned for the nominal update count (rl/lr_schedule.py); DeepSpeed steps it and checkpoints its state
+        scheduler = make_lr_scheduler(optimizer, trainer_cfg.lr_scheduler, trainer_cfg.warmup_steps,
+                                      trainer_cfg.total_steps * trainer_cfg.mini_batches * trainer_cfg.epochs)
         ds_config = {
             "train_micro_batch_size_per_gpu": 1,
             "gradient_accumulation_steps": 1,

@@ -4,7 +4,7 @@ Shows, at ZeRO-2 and ZeRO-3: the weights change; the rollout workers hold exactl
 weights (a probe sequence's logprobs agree between a rollout worker and the trainer), which rank 0
 publishes whole and once each; the outputs
 are where docs/architecture.md says; a run killed after a checkpoint resumes at the right step and reproduces
-the uninterrupted run's metrics.
+the uninterrupted run's metrics; `trainer.lr_scheduler=linear` takes the logged lr to 0 over the run.
 """
 
 from __future__ import annotations
@@ -97,6 +97,17 @@ def test_resume_continues_at_the_right_step_and_reproduces(ray_cluster, tmp_path
     for r in b[3:]:
         for key in ("reward/mean", "loss/policy", "rollout/response_length_mean", "actor/grad_norm"):
             assert r[key] == pytest.approx(a[r["step"]][key], rel=1e-6, abs=1e-7), key
+
+
+def test_linear_lr_schedule_decays_over_the_run(ray_cluster, tmp_path):
+    from launch.loop import run
+
+    cfg = debug_config(tmp_path, "trainer.total_steps=2", "trainer.lr_scheduler=linear", "trainer.eval_every=0",
+                       "trainer.save_every=0")
+    run(cfg)
+    # 2 planned updates (1 mini-batch, 1 epoch per step); actor/lr is the lr after the step's update
+    lrs = [r["actor/lr"] for r in _records(tmp_path)[1:]]
+    assert lrs == pytest.approx([cfg.trainer.lr / 2, 0.0], abs=1e-12)
 
 
 def test_token_budget_stops_early_evaluates_saves_and_stays_stopped_on_resume(ray_cluster, tmp_path):

@@ -1,7 +1,8 @@
 """A trainer rank reads DeepSpeed's checkpoint files without running code from them (rl/trainer.py,
-`_WeightsOnlyLoads`): for ZeRO 0, 2 and 3 a saved state loads back exactly through the weights_only loads and
-their allow-list, and a planted pickle in place of any of the checkpoint's DeepSpeed files (model states,
-ZeRO optimizer partition) is refused, naming the file, without its payload ever running."""
+`_WeightsOnlyLoads`): for ZeRO 0, 2 and 3 a saved state (weights, and the position of a linear LR schedule)
+loads back exactly through the weights_only loads and their allow-list, and a planted pickle in place of any
+of the checkpoint's DeepSpeed files (model states, ZeRO optimizer partition) is refused, naming the file,
+without its payload ever running."""
 
 from __future__ import annotations
 
@@ -22,20 +23,25 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("stage", [0, 2, 3])
 def test_deepspeed_state_loads_weights_only_and_a_planted_file_never_runs(ray_cluster, tiny_model_dir, tmp_path,
                                                                           stage):
-    trainer = _trainers(tiny_model_dir, f"trainer.zero_stage={stage}")[0]
+    trainer = _trainers(tiny_model_dir, f"trainer.zero_stage={stage}", "trainer.lr_scheduler=linear")[0]
     samples = _samples()
     probe = ([s.prompt_ids for s in samples[:3]], [s.response_ids for s in samples[:3]])
     ray.get(trainer.train_step.remote(samples, 1, 1))
     path = checkpoint.save(tmp_path, 1, {"step": 1}, lambda d, tag: ray.get(trainer.save_checkpoint.remote(d, tag)),
                            keep_last=1)
     saved = ray.get(trainer.probe_logprobs.remote(*probe))
-    ray.get(trainer.train_step.remote(samples, 1, 1))
+    after = ray.get(trainer.train_step.remote(samples, 1, 1)).lr
+    trained = ray.get(trainer.probe_logprobs.remote(*probe))
 
     def load() -> None:
         ray.get(trainer.load_checkpoint.remote(str(path / "trainer"), "state"))
 
     load()
     assert ray.get(trainer.probe_logprobs.remote(*probe)) == saved
+    # the update after the load repeats the one after the save: same lr (the schedule resumed one update in), and
+    # the same weights after it
+    assert ray.get(trainer.train_step.remote(samples, 1, 1)).lr == after
+    assert ray.get(trainer.probe_logprobs.remote(*probe)) == trained
 
     marker = tmp_path / "marker"
     files = sorted((path / "trainer" / "state").glob("*.pt"))
