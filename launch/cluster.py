@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray import cloudpickle
 
+from launch import packages
 from launch.config import Config, ConfigError
 from launch.supervisor import gather, guard_spec
 
@@ -52,7 +54,11 @@ def connect(cfg: Config) -> None:
     if ray.is_initialized():
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}}
+    # The hook pins our packages in each worker before Ray puts the driver's cwd first on its sys.path. It
+    # travels by value: at that point `launch` may not be importable there yet (a checkout run from its root).
+    cloudpickle.register_pickle_by_value(packages)
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"},
+           "worker_process_setup_hook": packages.pin}
     if address:
         try:
             ray.init(address=address, runtime_env=env, log_to_driver=True)

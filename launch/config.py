@@ -3,7 +3,9 @@
 The schema is a tree of dataclasses; every field has a default and a docstring (the string literal
 under it), and defaults live only here. A recipe YAML states only what differs from the schema;
 command-line overrides `a.b=value` are merged on top. OmegaConf does the YAML parsing, merging and
-type checking; this module turns its errors into messages that name the key and the fix.
+type checking; this module turns its errors into messages that name the key and the fix. Unknown keys are
+found by walking each recipe and the overrides against the schema before merging, so that all of them are
+reported at once, each with the nearest key or, for a TRL/verl/OpenRLHF name, ours (launch/foreign_keys.py).
 
     cfg = load_config("configs/quickstart.yaml", ["trainer.total_steps=5"])
     save_config(cfg, "outputs/run/config.yaml")
@@ -15,13 +17,15 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
+from launch.foreign_keys import FOREIGN_KEYS, translate
 from launch.schema_algorithm import AlgorithmConfig
 from rl.faults import Fault
 from rl.lr_schedule import LR_SCHEDULERS
@@ -367,20 +371,61 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _nearest(key: str) -> str:
-    close = difflib.get_close_matches(key, schema_keys(), n=1, cutoff=0.5)
-    if not close:  # try the last component alone: `lr` -> `trainer.lr`
-        leaf = key.rsplit(".", 1)[-1]
-        close = [k for k in schema_keys() if k.rsplit(".", 1)[-1] == leaf][:1]
-    return f" Did you mean `{close[0]}`?" if close else ""
+def _suggest(key: str) -> str:
+    """How to fix unknown `key`: the translation of a TRL/verl/OpenRLHF name written in full; else our key with
+    the same last component (`lr` -> trainer.lr); else a foreign name's suffix or nesting (`rollout.n`); else
+    the nearest key by spelling."""
+    keys = schema_keys()
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+    if key.lstrip("-") in FOREIGN_KEYS or not same_leaf:
+        foreign = translate(key)
+        if foreign:
+            return foreign
+    close = same_leaf or difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    return f"did you mean {close[0]}?" if close else "see `python -m launch.train --help` for every key"
+
+
+def _unknown_keys(node: Any, cls: type, prefix: str = "") -> list[str]:
+    """The dotted keys of `node` (a recipe or the overrides, as plain containers) that `cls` has no field for.
+    Below an unknown key every leaf is listed, so `actor_rollout_ref: {rollout: {n: 8}}` reports
+    `actor_rollout_ref.rollout.n`, which has a translation, rather than `actor_rollout_ref`."""
+    if not isinstance(node, dict):
+        return []
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = []
+    for name, value in node.items():
+        key = f"{prefix}{name}"
+        if name not in fields:
+            unknown += _leaves(value, key)
+        elif dataclasses.is_dataclass(typ := _field_type(cls, name)):
+            unknown += _unknown_keys(value, typ, key + ".")
+    return unknown
+
+
+def _leaves(node: Any, key: str) -> list[str]:
+    if isinstance(node, dict) and node:
+        return [leaf for name, value in node.items() for leaf in _leaves(value, f"{key}.{name}")]
+    return [key]
+
+
+def _check_keys(recipes: list[tuple[Path, Any]], overrides: list[str]) -> None:
+    """Raise one ConfigError listing every unknown key of every recipe file and override, one per line, each
+    with its source and fix, so that a config written for another framework is fixed in one round."""
+    lines = [f"{path}: {key}: unknown key; {_suggest(key)}"
+             for path, recipe in recipes
+             for key in _unknown_keys(OmegaConf.to_container(recipe), Config)]
+    for item in overrides:
+        name = item.split("=", 1)[0]
+        for key in _unknown_keys(OmegaConf.to_container(OmegaConf.from_dotlist([item])), Config):
+            lines.append(f"command line: {item if key == name else key}: unknown key; {_suggest(key)}")
+    if lines:
+        raise ConfigError("\n".join(lines))
 
 
 def _merge(base, other, source: str):
     try:
         return OmegaConf.merge(base, other)
-    except ConfigKeyError as e:
-        key = e.full_key or str(e.key)
-        raise ConfigError(f"{source}: unknown config key `{key}`.{_nearest(key)}") from None
     except ValidationError as e:
         msg = str(e.msg).splitlines()[0]
         raise ConfigError(f"{source}: bad value for `{e.full_key}`: {msg}") from None
@@ -389,16 +434,18 @@ def _merge(base, other, source: str):
 def _parse_overrides(overrides: list[str]):
     for item in overrides:
         if "=" not in item or item.startswith("="):
-            raise ConfigError(f"override `{item}`: write overrides as dotted.key=value, e.g. trainer.lr=1e-5")
+            foreign = translate(item)
+            hint = f" ({foreign})" if foreign else ""
+            raise ConfigError(f"override `{item}`: write overrides as dotted.key=value, e.g. trainer.lr=1e-5{hint}")
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as e:
         raise ConfigError(f"overrides {overrides}: {e}") from None
 
 
-def _merge_recipe(merged, path: Path, chain: tuple[Path, ...] = ()):
-    """Merge the recipe at `path` onto `merged`; a recipe may start with `extends: other.yaml` (a path
-    relative to its own file), whose settings it then states only the differences from."""
+def _load_recipes(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, Any]]:
+    """The recipe at `path` after the recipes it extends, base first; a recipe may start with
+    `extends: other.yaml` (a path relative to its own file) and then states only the differences."""
     if not path.is_file():
         where = f" (extended by {chain[-1]})" if chain else ""
         raise ConfigError(f"config file {path} not found{where}: pass a recipe such as configs/quickstart.yaml")
@@ -409,21 +456,25 @@ def _merge_recipe(merged, path: Path, chain: tuple[Path, ...] = ()):
     except Exception as e:  # yaml.YAMLError and friends
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     recipe = recipe or OmegaConf.create({})
+    bases: list[tuple[Path, Any]] = []
     if "extends" in recipe:
         base = recipe.pop("extends")
         if not isinstance(base, str) or not base.endswith((".yaml", ".yml")):
             raise ConfigError(f"{path}: `extends: {base}` must name one YAML recipe, e.g. extends: grpo.yaml")
-        merged = _merge_recipe(merged, path.parent / base, (*chain, path))
-    return _merge(merged, recipe, str(path))
+        bases = _load_recipes(path.parent / base, (*chain, path))
+    return [*bases, (path, recipe)]
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Schema defaults ← recipe YAML (after the recipes it `extends`) ← `a.b=value` overrides, validated;
-    returns a `Config`."""
+    returns a `Config`. Every unknown key, of every source, is reported in one ConfigError."""
+    recipes = _load_recipes(Path(path)) if path is not None else []
+    cli = _parse_overrides(list(overrides))
+    _check_keys(recipes, list(overrides))
     merged = OmegaConf.structured(Config)
-    if path is not None:
-        merged = _merge_recipe(merged, Path(path))
-    merged = _merge(merged, _parse_overrides(list(overrides)), "command-line override")
+    for recipe_path, recipe in recipes:
+        merged = _merge(merged, recipe, str(recipe_path))
+    merged = _merge(merged, cli, "command line")
     try:
         return OmegaConf.to_object(merged)
     except ConfigError:
@@ -445,32 +496,62 @@ def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
 
+@dataclass(frozen=True)
+class KeyDoc:
+    """One schema key as the reference and `--help` show it."""
+
+    section: str
+    key: str
+    type_name: str
+    default: Any
+    doc: str
+
+
+def key_docs(cls: type = Config, prefix: str = "") -> list[KeyDoc]:
+    """Every leaf key with its type, default and docstring, section by section (a section's own keys first,
+    then its subsections), in schema order; docs/configuration.md and `--help` are printed from this."""
+    docs = field_docs(cls)
+    leaves, subsections = [], []
+    for f in dataclasses.fields(cls):
+        typ = _field_type(cls, f.name)
+        if dataclasses.is_dataclass(typ):
+            subsections += key_docs(typ, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        type_name = getattr(typ, "__name__", str(typ)).replace("typing.", "").replace(" | ", " or ")
+        leaves.append(KeyDoc(prefix.rstrip("."), prefix + f.name, type_name, default, docs.get(f.name, "")))
+    return leaves + subsections
+
+
 def reference_markdown() -> str:
     """docs/configuration.md: every key, its type, default and docstring (generated from the schema)."""
     lines = ["# Configuration reference", "",
              "Generated from the schema in `launch/config.py` and `launch/schema_algorithm.py` by",
              "`python -m launch.config > docs/configuration.md` (a test checks it is current).",
              "Recipes state only what differs; override any key with `dotted.key=value`.", ""]
+    section = None
+    for k in key_docs():
+        if k.section != section:
+            if section is not None:
+                lines.append("")
+            section = k.section
+            lines.extend([f"## `{section}`", "", "| key | type | default | meaning |", "|---|---|---|---|"])
+        lines.append(f"| `{k.key}` | {k.type_name} | `{k.default!r}` | {k.doc.replace(chr(10), ' ')} |")
+    lines.append("")
+    return "\n".join(lines)
 
-    def section(cls: type, prefix: str) -> None:
-        docs = field_docs(cls)
-        leaves = []
-        for f in dataclasses.fields(cls):
-            typ = _field_type(cls, f.name)
-            if dataclasses.is_dataclass(typ):
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            type_name = getattr(typ, "__name__", str(typ)).replace("typing.", "").replace(" | ", " or ")
-            leaves.append(f"| `{prefix}{f.name}` | {type_name} | `{default!r}` | {docs.get(f.name, '').replace(chr(10), ' ')} |")
-        if leaves:
-            lines.extend([f"## `{prefix.rstrip('.')}`", "", "| key | type | default | meaning |", "|---|---|---|---|",
-                          *leaves, ""])
-        for f in dataclasses.fields(cls):
-            typ = _field_type(cls, f.name)
-            if dataclasses.is_dataclass(typ):
-                section(typ, f"{prefix}{f.name}.")
 
-    section(Config, "")
+def help_text() -> str:
+    """The key list of `python -m launch.train --help`: one line per key (type, default, the first sentence of
+    its docstring), grouped by section, so `--help | grep kl` finds a key without opening the docs."""
+    lines = ["config keys (override any with dotted.key=value; docs/configuration.md has the full text):"]
+    section = None
+    for k in key_docs():
+        if k.section != section:
+            section = k.section
+            lines.extend(["", f"{section}:"])
+        first = re.split(r"\.\s+(?=[A-Z])", k.doc.replace("\n", " "))[0].rstrip(".")
+        lines.append(f"  {k.key} ({k.type_name}, default {k.default!r}): {first}")
     return "\n".join(lines)
 
 

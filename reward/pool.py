@@ -153,6 +153,7 @@ class WorkerPool:
             [sys.executable, "-m", "reward.pool_worker", *map(str, fds)],
             pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             env=self._env, start_new_session=True,
+            cwd=workdir,  # `-m` puts the cwd first on sys.path: a user's reward.py there would shadow `reward`
         )
         self.spawned_pids.append(proc.pid)
         for fd in fds:
@@ -344,7 +345,8 @@ class WorkerPool:
 
 
 def _worker_env() -> dict[str, str]:
-    """The parent's environment, with its sys.path (so the same modules import) and one thread per library."""
+    """The parent's environment, with its sys.path (so the same modules import, our package root first, the
+    parent's cwd included for the user's modules) and one thread per library."""
     env = dict(os.environ)
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     paths = [package_root] + [p or os.getcwd() for p in sys.path]

@@ -49,3 +49,13 @@ def test_one_line_error(case, tmp_path):
     for w in words:
         assert w in line, line
     assert not (tmp_path / "models").exists()  # failed before any model was materialised
+
+
+def test_every_unknown_key_gets_its_own_error_line():
+    cmd = [sys.executable, "-m", "launch.train", "configs/debug_cpu.yaml", "trainer.lrr=1", "rollout.n=8"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        "error: command line: trainer.lrr=1: unknown key; did you mean trainer.lr?",
+        "error: command line: rollout.n=8: unknown key; verl's actor_rollout_ref.rollout.n is rollout.group_size here",
+    ]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from launch.config import Config, ConfigError, field_docs, load_config, save_config, schema_keys
+from launch.config import Config, ConfigError, field_docs, key_docs, load_config, save_config, schema_keys
+from launch.foreign_keys import FOREIGN_KEYS
 
 CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
 
@@ -55,8 +56,8 @@ def test_overrides_are_typed_and_merged():
 
 
 @pytest.mark.parametrize("override, words", [
-    (["trainer.lrr=1"], ["trainer.lrr", "Did you mean `trainer.lr`"]),
-    (["lr=1"], ["`lr`", "trainer.lr"]),
+    (["trainer.lrr=1"], ["trainer.lrr=1: unknown key; did you mean trainer.lr?"]),
+    (["lr=1"], ["lr=1", "trainer.lr"]),
     (["rollout.group_sise=4"], ["rollout.group_size"]),
     (["trainer.lr=abc"], ["trainer.lr"]),
     (["trainer.zero_stage=5"], ["zero_stage", "0, 1, 2 or 3"]),
@@ -75,7 +76,7 @@ def test_bad_overrides_name_the_key_and_the_fix(override, words):
 def test_unknown_key_in_a_recipe_names_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer:\n  total_step: 3\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key `trainer.total_step`.*trainer.total_steps"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: trainer.total_step: unknown key; did you mean trainer.total_steps"):
         load_config(bad)
 
 
@@ -130,5 +131,72 @@ def test_extends_errors_name_the_file(tmp_path):
         load_config(tmp_path / "c.yaml")
     (tmp_path / "ok.yaml").write_text("trainer:\n  lr: 1.0e-5\n")
     (tmp_path / "d.yaml").write_text("extends: ok.yaml\ntrainer:\n  lrr: 1\n")
-    with pytest.raises(ConfigError, match=r"d.yaml: unknown config key `trainer.lrr`"):
+    with pytest.raises(ConfigError, match=r"d.yaml: trainer.lrr: unknown key"):
         load_config(tmp_path / "d.yaml")
+
+
+def test_every_unknown_key_of_every_source_is_reported_at_once(tmp_path):
+    (tmp_path / "base.yaml").write_text("trainer:\n  lrr: 1\n")
+    (tmp_path / "top.yaml").write_text("extends: base.yaml\nrollout:\n  group_sise: 4\n"
+                                       "actor_rollout_ref:\n  rollout:\n    n: 8\n  actor:\n    optim:\n      lr: 1.0e-6\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "top.yaml", ["trainer.total_step=3", "trainer.seed=1", "num_generations=8"])
+    assert str(err.value).splitlines() == [
+        f"{tmp_path / 'base.yaml'}: trainer.lrr: unknown key; did you mean trainer.lr?",
+        f"{tmp_path / 'top.yaml'}: rollout.group_sise: unknown key; did you mean rollout.group_size?",
+        f"{tmp_path / 'top.yaml'}: actor_rollout_ref.rollout.n: unknown key; verl's actor_rollout_ref.rollout.n is "
+        "rollout.group_size here",
+        f"{tmp_path / 'top.yaml'}: actor_rollout_ref.actor.optim.lr: unknown key; verl's "
+        "actor_rollout_ref.actor.optim.lr is trainer.lr here",
+        "command line: trainer.total_step=3: unknown key; did you mean trainer.total_steps?",
+        "command line: num_generations=8: unknown key; TRL's num_generations is rollout.group_size here",
+    ]
+
+
+def test_keys_below_a_free_form_dict_field_are_the_estimators_to_check():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["algorithm.advantage.params.anything=1"])
+    assert "unknown key" not in str(err.value) and "algorithm.advantage.params" in str(err.value)
+
+
+@pytest.mark.parametrize("override, hint", [
+    ("rollout.n=8", "verl's actor_rollout_ref.rollout.n is rollout.group_size here"),
+    ("--n_samples_per_prompt=8", "OpenRLHF's n_samples_per_prompt is rollout.group_size here"),
+    ("n_samples_per_prompt=8", "OpenRLHF's n_samples_per_prompt is rollout.group_size here"),
+    ("trainer.learning_rate=1e-6", "TRL's learning_rate is trainer.lr here"),
+    ("beta=0.04", "TRL's beta is algorithm.loss.kl_coef here"),
+    ("data.train_batch_size=32", "verl's data.train_batch_size is trainer.train_prompts here"),
+    ("gradient_accumulation_steps=4", "TRL's gradient_accumulation_steps is trainer.mini_batches here (there is no"),
+    ("actor_rollout_ref.actor.use_kl_loss=true", "verl's actor_rollout_ref.actor.use_kl_loss is algorithm.loss.kl_coef "
+                                                 "here (there is no switch: kl_coef > 0 turns the KL loss on)"),
+])
+def test_foreign_names_get_our_key(override, hint):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value).startswith(f"command line: {override}: unknown key; {hint}")
+
+
+def test_a_flag_style_foreign_name_without_value_is_translated():
+    with pytest.raises(ConfigError, match=r"dotted.key=value.*OpenRLHF's generate_max_len is rollout.max_new_tokens"):
+        load_config(None, ["--generate_max_len", "1024"])
+
+
+def test_every_foreign_name_maps_to_a_schema_key():
+    keys = set(schema_keys())
+    wrong = {name: f.target for name, f in FOREIGN_KEYS.items() if f.target not in keys}
+    assert not wrong, f"foreign names whose target is not a schema key: {wrong}"
+    assert not keys & FOREIGN_KEYS.keys(), "a foreign name that is also our key would never be reported"
+
+
+def test_help_lists_every_key_with_type_default_and_meaning(capsys):
+    from launch.train import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m launch.train CONFIG [dotted.key=value ...]")
+    lines = out.splitlines()
+    for k in key_docs():
+        assert any(line.startswith(f"  {k.key} ({k.type_name}, default {k.default!r}): ") for line in lines), k.key
+    assert "  trainer.lr (float, default 1e-06): AdamW learning rate (DeepSeekMath GRPO: 1e-6)" in lines
+    assert "algorithm.loss:" in lines
+    assert main(["-h"]) == 0 and capsys.readouterr().out == out
