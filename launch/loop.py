@@ -363,8 +363,9 @@ class Driver:
                 gather(self.w.stack_dir, [r.ping.remote() for r in ranks], names, "answering a ping", PING_TIMEOUT_S)
             except ActorFailure as f:
                 first = next((ln for ln in str(error.cause).splitlines() if ln.strip()), type(error.cause).__name__)
+                cause = ("died" if f.cause.startswith("died") else f"did not answer a ping within {PING_TIMEOUT_S:g} s")
                 raise TrainerLost(ActorFailure(f.actor, f"{phase} (step {self.step})",
-                                               f"{f.cause} (and another rank failed with: {first[:200]})",
+                                               f"{cause} after another rank failed with: {first[:200]}",
                                                f.stacks)) from None
             raise
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -96,7 +97,9 @@ def test_hung_workers_are_stopped_at_their_deadline_with_their_stacks(ray_cluste
     warnings = "\n".join(r.getMessage() for r in caplog.records)
     assert "rollout[0] did not finish within 15 s while generating" in warnings
     assert "reward[0] did not finish within 15 s while scoring" in warnings
-    assert "trainer[1] did not finish within 20 s" in warnings
+    # seen either at the driver's deadline or, first, through its peer's collective timeout and a ping
+    assert re.search(r"trainer\[1\] (did not finish within 20 s|did not answer a ping within 10 s after another "
+                     r"rank failed with: .*Timed out)", warnings), warnings
     # the stacks the hung actors dumped at their deadline name the function they were stuck in
     assert warnings.count('in _inject') >= 2, warnings
 
