@@ -75,11 +75,8 @@ milliseconds once its own part of the call has failed too; a hung one never does
 
 
 class TrainerLost(RuntimeError):
-    """A trainer rank died or hung: the whole group is rebuilt from the newest complete checkpoint."""
-
-    def __init__(self, failure: ActorFailure):
-        super().__init__(str(failure))
-        self.failure = failure
+    """A trainer rank died or hung (the ActorFailure's message): the whole group is rebuilt from the newest
+    complete checkpoint."""
 
 
 class Driver:
