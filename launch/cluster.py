@@ -136,10 +136,9 @@ class Workers:
         from reward.worker import RewardWorker
 
         rw = self.cfg.reward
-        specs = [{"fn": fn, "weight": w} for fn, w in zip(rw.fns, rw.weights or [1.0] * len(rw.fns))]
-        return RewardWorker.options(num_cpus=0).remote(specs, rw.timeout_s, rw.processes_per_worker,
+        return RewardWorker.options(num_cpus=0).remote(rw.specs(), rw.timeout_s, rw.processes_per_worker,
                                                        os.path.join(self.output_dir, "quarantine.jsonl"),
-                                                       guard=self._guard("reward", k))
+                                                       guard=self._guard("reward", k), sandbox=rw.sandbox)
 
     def new_trainers(self) -> list:
         """A whole trainer group, its process group joined (a DeepSpeed group cannot take a new member)."""

@@ -72,15 +72,21 @@ class ArithConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: str = "arith"
-    """Training prompts: `arith` (built-in task), a local .jsonl/.json/.parquet file, or a
-    `datasets` hub name, optionally `name:split` (needs network)."""
-    eval: str | None = "arith"
-    """Held-out prompts for greedy-accuracy eval (same forms as `train`); null disables eval."""
+    train: Any = "arith"
+    """Training prompts: `arith` (built-in task), a local .jsonl/.json/.parquet file or glob, a `datasets`
+    hub name (`name`, `name:split` or `name:config:split`; needs network) or a dataset directory, or a list
+    of files/globs/names (concatenated). verl parquet and TRL standard/conversational files need no other
+    data keys."""
+    eval: Any = "auto"
+    """Held-out prompts for eval (same forms as `train`); null: no eval; `auto`: `arith` when training on
+    the built-in task, otherwise no eval."""
     prompt_key: str = "prompt"
-    """Dataset column holding the question text."""
-    answer_key: str = "answer"
-    """Dataset column holding the reference answer (passed to reward functions as `answer`)."""
+    """Dataset column holding the prompt: text, or a list of chat messages (rendered with the chat
+    template, system messages kept). A dotted key reads a nested field."""
+    answer_key: str | None = "answer"
+    """Dataset column holding the reference answer (passed to reward functions as `answer`); a dotted key
+    reads a nested field (`reward_model.ground_truth`, found by itself in verl files). Optional: with the
+    default, a source without the column has no answer; null: never read one."""
     system_prompt: str | None = None
     """System message for chat templating; null keeps the tokenizer's default."""
     chat_template: bool = True
@@ -88,13 +94,36 @@ class DataConfig:
     prompt_suffix: str = ""
     """Text appended to every question before templating (e.g. an answer-format instruction)."""
     max_prompt_tokens: int = 512
-    """Prompts longer than this (in tokens) are an error naming the row."""
+    """Prompts longer than this (in tokens) are an error naming the row (see filter_overlong_prompts)."""
+    filter_overlong_prompts: bool = False
+    """Drop prompts longer than max_prompt_tokens instead of stopping; the count is logged and written to
+    metrics.jsonl (data/dropped_overlong_train, data/dropped_overlong_eval) at step 0."""
     eval_size: int = 200
     """At most this many eval prompts are scored at each eval."""
     shuffle: bool = True
     """Reshuffle the training prompts every epoch (seeded by trainer.seed)."""
     arith: ArithConfig = field(default_factory=ArithConfig)
     """Settings of the built-in `arith` task."""
+
+    def __post_init__(self) -> None:
+        for key in ("train", "eval"):
+            value = getattr(self, key)
+            if isinstance(value, (list, tuple)):
+                if not value or not all(isinstance(v, str) and v.strip() for v in value):
+                    raise ConfigError(f"data.{key}={list(value)}: a list of sources must hold file paths, globs or "
+                                      "hub names")
+                object.__setattr__(self, key, list(value))
+            elif not (isinstance(value, str) and value.strip()) and not (key == "eval" and value is None):
+                raise ConfigError(f"data.{key}={value!r}: give a file, glob, hub name, `arith` or a list of these"
+                                  + (" (null: no eval)" if key == "eval" else ""))
+
+    @property
+    def eval_source(self) -> str | list[str] | None:
+        """`eval` with `auto` resolved: the built-in task has its own held-out split; a user's data needs one
+        named (load_config writes the resolved value, so config.yaml shows it)."""
+        if self.eval == "auto":
+            return "arith" if self.train == "arith" else None
+        return self.eval
 
 
 @dataclass(frozen=True)
@@ -162,10 +191,15 @@ class RolloutConfig:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    fns: list[str] = field(default_factory=lambda: ["arith"])
-    """Reward functions: built-in names, `pkg.mod:fn` or `path/to/file.py:fn`; summed with `weights`."""
+    fns: list[Any] = field(default_factory=lambda: ["arith"])
+    """Reward functions: built-in names, `pkg.mod:fn` or `path/to/file.py:fn` (native, verl, TRL and OpenRLHF
+    signatures are recognised), or dicts of per-function options {fn, name, weight, timeout_s, sandbox,
+    data_sources, api, args}; summed with their weights. Each is called on a real dataset row at start-up."""
     weights: list[float] | None = None
-    """One weight per entry of `fns` (default: all 1.0)."""
+    """One weight per entry of `fns` (default: all 1.0; or `weight` in a function's dict, not both)."""
+    sandbox: bool = True
+    """Confine reward workers (no network, private filesystem view, own uid, limits). A function that needs
+    the network (an LLM judge, a reward model over HTTP) sets `sandbox: false` in its own entry."""
     num_workers: int = 1
     """K: number of reward worker actors."""
     processes_per_worker: int = 2
@@ -185,6 +219,23 @@ class RewardConfig:
             raise ConfigError(
                 f"reward.weights has {len(self.weights)} entries for {len(self.fns)} reward.fns: give one per fn"
             )
+        for i, entry in enumerate(self.fns):
+            if not isinstance(entry, (str, dict)):
+                raise ConfigError(f"reward.fns[{i}]={entry!r}: give a spec string or a dict like {{fn: math, "
+                                  "weight: 1.0}}")
+            if isinstance(entry, dict) and "weight" in entry and self.weights is not None:
+                raise ConfigError(f"reward.fns[{i}] has its own weight and reward.weights is set too; keep one")
+
+    def specs(self) -> list[dict[str, Any]]:
+        """`fns` as spec dicts, `weights` folded in (reward.registry resolves them)."""
+        weights = self.weights or [None] * len(self.fns)
+        out = []
+        for entry, w in zip(self.fns, weights):
+            spec = {"fn": entry} if isinstance(entry, str) else dict(entry)
+            if w is not None:
+                spec["weight"] = w
+            out.append(spec)
+        return out
 
 
 @dataclass(frozen=True)
@@ -476,7 +527,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         merged = _merge(merged, recipe, str(recipe_path))
     merged = _merge(merged, cli, "command line")
     try:
-        return OmegaConf.to_object(merged)
+        cfg = OmegaConf.to_object(merged)
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval=cfg.data.eval_source))
     except ConfigError:
         raise
     except ValueError as e:  # a section's __post_init__ validation; its message names key and fix

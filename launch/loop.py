@@ -35,6 +35,7 @@ from launch.metrics import MetricsLogger
 from launch.prepare import Prepared, prepare, startup_warnings
 from launch.runlock import RunLock
 from launch.supervisor import ActorFailure, Calls, gather
+from reward.registry import COMPLETION_IDS, SOURCE_PROMPT
 from rl import steps
 from rl.replay import rng_state, set_rng_state
 from rl.types import PromptRequest, Sample, TrainResult
@@ -110,8 +111,12 @@ class Driver:
     def train(self) -> None:
         """Every step from the one after the start (or resumed) step; a lost trainer rank costs a rebuild and the
         replay of the steps since the newest checkpoint, inside this call (faults.max_trainer_restarts)."""
-        if self.start_step == 0 and self.prep.eval_rows:
-            self.logger.log(0, self.evaluate())
+        if self.start_step == 0:
+            first = {f"data/dropped_overlong_{split}": n for split, n in self.prep.dropped_overlong.items()}
+            if self.prep.eval_rows:
+                first.update(self.evaluate())
+            if first:
+                self.logger.log(0, first)
         lost: TrainerLost | None = None
         while True:
             try:
@@ -271,7 +276,7 @@ class Driver:
                 continue
             if role == "rollout":
                 parts[i] = value
-                rows[i] = [{**s.fields, "prompt": s.prompt_text, "completion": s.response_text} for s in value]
+                rows[i] = [reward_row(s) for s in value]
                 for kk in range(K):
                     score(i, kk)
                 if len(parts) == len([sh for sh in shards if sh]):
@@ -468,3 +473,10 @@ def prompt_requests(rows: list[dict], ids: Sequence[int], group_ids: Sequence[in
     """Requests for the prepared rows `rows[i]` (launch.prepare), row ids[k] as group group_ids[k]."""
     return [PromptRequest(prompt_id=i, group_id=g, prompt_ids=rows[i]["prompt_ids"], prompt_text=rows[i]["prompt_text"],
                           fields=rows[i]["fields"]) for i, g in zip(ids, group_ids, strict=True)]
+
+
+def reward_row(s: Sample) -> dict:
+    """What the reward functions get of a sample: its dataset columns, the rendered prompt, the completion,
+    and (under reserved keys, for the TRL convention) the dataset's own prompt and the completion's token ids."""
+    return {**s.fields, "prompt": s.prompt_text, "completion": s.response_text,
+            SOURCE_PROMPT: s.fields.get("prompt", s.prompt_text), COMPLETION_IDS: list(s.response_ids)}

@@ -7,7 +7,11 @@ one-line error, before any model is loaded. Then the model alias is materialised
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
 from typing import Any
 
 from launch.config import Config, ConfigError
@@ -26,6 +30,8 @@ class Prepared:
     eval_rows: list[dict[str, Any]]
     reward_names: tuple[str, ...] = ()
     """The metric name of each reward function (reward/<name>), in reward.fns order."""
+    dropped_overlong: dict[str, int] = field(default_factory=dict)
+    """Prompts dropped for length (data.filter_overlong_prompts), by split; logged at step 0."""
 
 
 def check_rewards(cfg: Config) -> tuple[str, ...]:
@@ -34,7 +40,7 @@ def check_rewards(cfg: Config) -> tuple[str, ...]:
     from reward.registry import REPORTS_ACC
 
     try:
-        names = tuple(fn.name for fn in reward.resolve_specs(list(cfg.reward.fns)))
+        names = tuple(fn.name for fn in reward.resolve_specs(cfg.reward.specs()))
     except Exception as e:  # the reward package words its errors for users
         raise ConfigError(f"reward.fns: {e}") from None
     chosen = cfg.reward.accuracy_fn
@@ -69,8 +75,9 @@ def prepare(cfg: Config) -> Prepared:
         raise ConfigError(str(e)) from None
     d = cfg.data
     kw = dict(prompt_key=d.prompt_key, answer_key=d.answer_key, arith=d.arith)
-    eval_raw = load_rows(d.eval, split="eval", **kw) if d.eval else []
-    exclude = {r["prompt"] for r in eval_raw} if d.train == "arith" and d.eval == "arith" else None
+    eval_source = d.eval_source
+    eval_raw = load_rows(eval_source, split="eval", **kw) if eval_source else []
+    exclude = {r["prompt"] for r in eval_raw} if d.train == "arith" and eval_source == "arith" else None
     train_raw = load_rows(d.train, split="train", exclude=exclude, **kw)
     eval_raw = eval_raw[: d.eval_size]
     model_path = resolve_model(cfg.model.path, cfg.model.cache_dir)
@@ -78,8 +85,89 @@ def prepare(cfg: Config) -> Prepared:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    return Prepared(model_path, _rows(tokenizer, train_raw, d, d.train), _rows(tokenizer, eval_raw, d, d.eval or ""),
-                    reward_names)
+    train_rows = _rows(tokenizer, train_raw, d, d.train)
+    eval_rows = _rows(tokenizer, eval_raw, d, eval_source or "")
+    dropped = {"train": len(train_raw) - len(train_rows), "eval": len(eval_raw) - len(eval_rows)}
+    probe_rewards(cfg, tokenizer, [("data.train", d.train, train_rows), ("data.eval", eval_source, eval_rows)])
+    return Prepared(model_path, train_rows, eval_rows, reward_names,
+                    {k: v for k, v in dropped.items() if d.filter_overlong_prompts})
+
+
+def probe_rewards(cfg: Config, tokenizer, splits: list[tuple[str, Any, list[dict[str, Any]]]]) -> None:
+    """Call every reward function once on a real row, in workers set up as in training (sandbox, limits,
+    deadline), before any model loads: a function bound to the wrong arguments, needing a column the data
+    lacks, or returning something that is not a reward fails here with its error, not after every sample
+    of the first step. The row is the first (train, then eval) row whose data_source the function scores;
+    the completion is the row's answer (or "0" without one). Also checks that every row's data_source is
+    scored by some function."""
+    from reward import RewardRunner, resolve_specs
+    from reward.registry import COMPLETION_IDS, SOURCE_PROMPT
+
+    fns = resolve_specs(cfg.reward.specs())
+    for key, source, rows in splits:
+        seen = {str(r["fields"].get("data_source")) for r in rows}
+        unscored = sorted(ds for ds in seen if not any(f.applies({"data_source": ds}) for f in fns))
+        if unscored:
+            raise ConfigError(f"reward.fns: no function scores the {key} rows with data_source {unscored}; add them "
+                              "to a function's data_sources, or leave one function unrouted")
+    probes: list[tuple[int, str, int, dict[str, Any]]] = []  # (fn index, split key, row index, reward row)
+    for j, f in enumerate(fns):
+        found = next(((key, source, i, r) for key, source, rows in splits for i, r in enumerate(rows)
+                      if f.applies(r["fields"])), None)
+        if found is None:
+            continue  # routed to data sources that no row has: never called
+        key, source, i, r = found
+        completion = str(r["fields"].get("answer", "0"))
+        probes.append((j, f"{key}={source} row {i}", j, {
+            **r["fields"], "prompt": r["prompt_text"], "completion": completion,
+            SOURCE_PROMPT: r["fields"].get("prompt", r["prompt_text"]),
+            COMPLETION_IDS: tokenizer(completion, add_special_tokens=False)["input_ids"]}))
+    if not probes:
+        return
+    rw = cfg.reward
+    with tempfile.TemporaryDirectory(prefix="rlvr-probe-") as tmp:
+        quarantine = os.path.join(tmp, "quarantine.jsonl")
+        try:
+            runner = RewardRunner(rw.specs(), rw.timeout_s, num_workers=1, quarantine_path=quarantine,
+                                  sandbox=rw.sandbox)
+        except Exception as e:  # noqa: BLE001 - a worker that cannot import the functions: the user's to fix
+            raise ConfigError(f"reward.fns: the reward workers could not start: {_last_line(str(e))}") from None
+        with runner:
+            results = runner.score([row for _, _, _, row in probes])
+        failed = {}
+        if os.path.exists(quarantine):
+            for line in open(quarantine):
+                rec = json.loads(line)
+                failed.setdefault(rec["fn"], rec)
+    lines = []
+    for (j, where, _, _), result in zip(probes, results):
+        rec = failed.get(fns[j].name)
+        if rec is None:
+            continue
+        origin = _user_frame(rec.get("traceback") or "")
+        hint = ""
+        if fns[j].sandbox is not False and rw.sandbox and "connect" in (rec.get("error") or "").lower():
+            hint = "; a function that needs the network runs with {sandbox: false} in its reward.fns entry"
+        lines.append(f"reward.fns: {fns[j].name} ({fns[j].spec}, {fns[j].api} convention) failed on {where}: "
+                     f"{rec['status']}: {rec['error']}{origin}{hint}")
+    if lines:
+        raise ConfigError("\n".join(lines))
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else text
+
+
+def _user_frame(tb: str) -> str:
+    """`(at FILE:LINE)` of the innermost traceback frame outside this package, if any."""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', tb)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ours = tuple(os.path.join(root, pkg) + os.sep for pkg in ("reward", "rl", "rollout", "launch"))
+    for path, line in reversed(frames):
+        if not os.path.abspath(path).startswith(ours) and "site-packages" not in path:
+            return f" (at {path}:{line})"
+    return ""
 
 
 def _rows(tokenizer, raw: list[dict], data_cfg, source: str) -> list[dict]:

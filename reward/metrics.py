@@ -13,8 +13,10 @@ from reward.registry import RewardFn
 from reward.types import CallOutcome, RewardResult
 
 
-def combine(fns: list[RewardFn], outcomes: list[CallOutcome], error_reward: float | None = None) -> RewardResult:
-    """One row's result from its outcomes (outcome i belongs to fns[i]).
+def combine(fns: list[RewardFn], outcomes: list[CallOutcome | None], error_reward: float | None = None,
+            data_source: object = None) -> RewardResult:
+    """One row's result from its outcomes (outcome i belongs to fns[i]; None: fns[i] is routed to other
+    data sources and adds nothing; a row that no function scores is an error).
 
     >>> from reward.registry import resolve_specs
     >>> fns = resolve_specs([{"fn": "arith", "weight": 1.0}, {"fn": "format", "weight": 0.5}])
@@ -27,7 +29,13 @@ def combine(fns: list[RewardFn], outcomes: list[CallOutcome], error_reward: floa
     stratum: str | None = None
     failures: list[str] = []
     status = "ok"
+    if all(out is None for out in outcomes):
+        error = (f"no reward function scores data_source={data_source!r}; add it to some function's data_sources "
+                 "(or leave one unrouted)")
+        return RewardResult(error_reward, {}, "error", error, None)
     for fn, out in zip(fns, outcomes, strict=True):
+        if out is None:
+            continue
         if out.status != "ok":
             failures.append(f"{fn.name}: {out.error}")
             status = "timeout" if out.status == "timeout" or status == "timeout" else "error"
@@ -39,5 +47,5 @@ def combine(fns: list[RewardFn], outcomes: list[CallOutcome], error_reward: floa
             stratum = out.stratum
     if failures:
         return RewardResult(error_reward, metrics, status, "; ".join(failures), stratum)  # type: ignore[arg-type]
-    reward = sum(fn.weight * out.reward for fn, out in zip(fns, outcomes))  # type: ignore[operator]
+    reward = sum(fn.weight * out.reward for fn, out in zip(fns, outcomes) if out is not None)  # type: ignore[operator]
     return RewardResult(float(reward), metrics, "ok", None, stratum)

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,8 @@ class _Worker:
     workdir: str
     deadline: float
     state: str = "starting"  # starting | idle | busy | dead
+    timeout_s: float = 0.0
+    """Deadline of the call it is on (seconds)."""
     task: int | None = None
     buf: bytearray = field(default_factory=bytearray)
     out: memoryview = field(default_factory=lambda: memoryview(b""))
@@ -85,7 +88,7 @@ class WorkerPool:
         """Backoff that the next failed start sets."""
         self._next_start = 0.0
         """No worker is spawned before this time.monotonic() (set by a failed start)."""
-        self._timeout_s = 0.0
+        self._timeouts: float | Sequence[float] = 0.0
         self.level: str | None = None
         """Sandbox level the workers reached ("full", "userns", "rlimits", "off")."""
         self.restarts = 0
@@ -107,9 +110,10 @@ class WorkerPool:
             self.close()
             raise RewardWorkerError(f"reward worker failed to start:\n{failed[0]}")
 
-    def run(self, tasks: list[tuple[int, dict[str, Any]]], timeout_s: float) -> list[CallOutcome]:
-        """Run every (fn index, row) call; outcome i belongs to task i."""
-        self._timeout_s = timeout_s
+    def run(self, tasks: list[tuple[int, dict[str, Any]]], timeout_s: float | Sequence[float]) -> list[CallOutcome]:
+        """Run every (fn index, row) call; outcome i belongs to task i. `timeout_s` is one deadline for
+        every call or one per function (indexed by fn index)."""
+        self._timeouts = timeout_s
         for w in self._workers:
             if w.state == "busy":  # still on a call of an interrupted earlier batch
                 self._kill(w)
@@ -119,7 +123,7 @@ class WorkerPool:
             self._replace_dead()
             for w in self._workers:
                 if queue and w.state == "idle":
-                    self._dispatch(w, queue.popleft(), tasks, timeout_s, outcomes)
+                    self._dispatch(w, queue.popleft(), tasks, outcomes)
             wait = self._next_start - time.monotonic()
             if queue and wait > 0 and all(w.state == "dead" for w in self._workers):
                 error = (f"no reward worker could be started; the first batch in {wait:.1f} s or later "
@@ -175,14 +179,15 @@ class WorkerPool:
             self.restarts += 1
 
     def _dispatch(self, w: _Worker, i: int, tasks: list[tuple[int, dict[str, Any]]],
-                  timeout_s: float, outcomes: list[CallOutcome | None]) -> None:
+                  outcomes: list[CallOutcome | None]) -> None:
         fn_index, row = tasks[i]
+        timeout_s = self._timeouts if isinstance(self._timeouts, (int, float)) else self._timeouts[fn_index]
         try:
             message = pickle.dumps({"id": i, "fn": fn_index, "row": row, "timeout_s": timeout_s})
         except Exception as exc:  # noqa: BLE001 - an unpicklable row fails its own calls only
             outcomes[i] = CallOutcome("error", error=f"row cannot be sent to a worker: {type(exc).__name__}: {exc}")
             return
-        w.state, w.task, w.deadline = "busy", i, time.monotonic() + timeout_s
+        w.state, w.task, w.deadline, w.timeout_s = "busy", i, time.monotonic() + timeout_s, timeout_s
         self._send(w, message, outcomes)
 
     def _send(self, w: _Worker, payload: bytes, outcomes: list[CallOutcome | None] | None) -> None:
@@ -225,10 +230,10 @@ class WorkerPool:
         stacks = self._dump_stacks(expired)
         for w, stack in zip(expired, stacks):
             if w.out:
-                error = (f"call could not be sent within the {self._timeout_s:g} s deadline (its worker "
+                error = (f"call could not be sent within the {w.timeout_s:g} s deadline (its worker "
                          "stopped reading); its worker was killed")
             else:
-                error = f"call ran past the {self._timeout_s:g} s deadline; its worker was killed"
+                error = f"call ran past the {w.timeout_s:g} s deadline; its worker was killed"
             self._fail(w, outcomes, "timeout", error, f"{error}\n--- stacks at the deadline ---\n{stack}")
         for w in self._workers:
             if w.state == "starting" and now >= w.deadline:

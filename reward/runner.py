@@ -20,8 +20,8 @@ from reward import sandbox
 from reward.metrics import combine
 from reward.pool import WorkerPool
 from reward.quarantine import append_records, quarantine_record
-from reward.registry import RewardFn, absolute_spec, resolve_specs
-from reward.types import RewardResult
+from reward.registry import RewardFn, resolve_specs, spec_dict
+from reward.types import CallOutcome, RewardResult
 
 
 class RewardRunner:
@@ -73,41 +73,62 @@ class RewardRunner:
         self.counts = {"calls": 0, "ok": 0, "error": 0, "timeout": 0}
         """Calls scored since construction, by status."""
         limits = sandbox_limits(memory_limit_mb, file_size_limit_mb, max_processes)
-        worker_specs = [{"fn": absolute_spec(f.spec), "weight": f.weight, "name": f.name} for f in self.fns]
-        self._pool: WorkerPool | None = WorkerPool(
-            worker_specs, num_workers=num_workers, limits=limits, isolate=sandbox, startup_timeout_s=startup_timeout_s
-        )
-        self._spawned_pids = self._pool.spawned_pids  # the pool's own list: still readable after close()
-        self._pool.start()
+        # one pool per sandbox setting: a function with {"sandbox": false} (an LLM judge) gets unconfined workers
+        groups: dict[bool, list[int]] = {}
+        for j, f in enumerate(self.fns):
+            groups.setdefault(sandbox if f.sandbox is None else f.sandbox, []).append(j)
+        self._route: list[tuple[int, int]] = [(0, 0)] * len(self.fns)
+        """fn index -> (pool index, the fn's index in that pool)."""
+        self._pools: list[WorkerPool] = []
+        self._timeouts: list[list[float]] = []
+        for isolate, members in sorted(groups.items(), reverse=True):
+            for local, j in enumerate(members):
+                self._route[j] = (len(self._pools), local)
+            self._timeouts.append([self.fns[j].timeout_s or self.timeout_s for j in members])
+            self._pools.append(WorkerPool([spec_dict(self.fns[j]) for j in members], num_workers=num_workers,
+                                          limits=limits, isolate=isolate, startup_timeout_s=startup_timeout_s))
+        self._spawned_pids = [p.spawned_pids for p in self._pools]  # the pools' own lists: readable after close()
+        self._closed = False
+        try:
+            for pool in self._pools:
+                pool.start()
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def sandbox_level(self) -> str | None:
-        """"full", "userns", "rlimits" or "off": what the workers could apply (see reward/sandbox.py)."""
-        return self._pool.level if self._pool else None
+        """"full", "userns", "rlimits" or "off": what the workers could apply (see reward/sandbox.py); with
+        functions on both settings, the confined workers' level and `+off`."""
+        if self._closed:
+            return None
+        return "+".join(p.level or "?" for p in self._pools)
 
     @property
     def worker_restarts(self) -> int:
         """Workers started so far to replace others (after timeouts, crashes, malformed replies or failed starts)."""
-        return self._pool.restarts if self._pool else 0
+        return sum(p.restarts for p in self._pools)
 
     @property
     def worker_start_failures(self) -> int:
         """Worker starts that failed so far; the pool retries them with backoff (see reward/pool.py)."""
-        return self._pool.start_failures if self._pool else 0
+        return sum(p.start_failures for p in self._pools)
 
     @property
     def worker_pids(self) -> list[int]:
         """Pids of the live worker processes."""
-        return self._pool.live_pids if self._pool else []
+        return [] if self._closed else [pid for p in self._pools for pid in p.live_pids]
 
     @property
     def spawned_pids(self) -> list[int]:
         """Pids of every worker process started so far (to audit that none left anything behind)."""
-        return list(self._spawned_pids)
+        return [pid for pids in self._spawned_pids for pid in pids]
 
     def score(self, rows: list[dict[str, Any]]) -> list[RewardResult]:
-        """One RewardResult per row, in order. Not thread-safe: one batch at a time."""
-        if self._pool is None:
+        """One RewardResult per row, in order. Not thread-safe: one batch at a time. A function routed to
+        other data sources (`data_sources`) is not called on a row; pools with different sandbox settings
+        run one after the other."""
+        if self._closed:
             raise RuntimeError("RewardRunner.score() after close()")
         for i, row in enumerate(rows):
             texts_ok = isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("prompt", "completion"))
@@ -116,14 +137,19 @@ class RewardRunner:
                 raise ValueError(
                     f"RewardRunner.score: row {i} must be a dict with str 'prompt' and 'completion' (got {shown})"
                 )
-        n_fns = len(self.fns)
-        tasks = [(j, row) for row in rows for j in range(n_fns)]
-        outcomes = self._pool.run(tasks, self.timeout_s)
+        outcomes: dict[tuple[int, int], CallOutcome] = {}
+        for p, pool in enumerate(self._pools):
+            keys = [(i, j) for i, row in enumerate(rows) for j, f in enumerate(self.fns)
+                    if self._route[j][0] == p and f.applies(row)]
+            done = pool.run([(self._route[j][1], rows[i]) for i, j in keys], self._timeouts[p])
+            outcomes.update(zip(keys, done))
         results, records = [], []
         for i, row in enumerate(rows):
-            row_outcomes = outcomes[i * n_fns : (i + 1) * n_fns]
-            results.append(combine(self.fns, row_outcomes, self.error_reward))
+            row_outcomes = [outcomes.get((i, j)) for j in range(len(self.fns))]
+            results.append(combine(self.fns, row_outcomes, self.error_reward, row.get("data_source")))
             for fn, out in zip(self.fns, row_outcomes):
+                if out is None:
+                    continue
                 self.counts["calls"] += 1
                 self.counts[out.status] += 1
                 if out.status != "ok":
@@ -134,9 +160,10 @@ class RewardRunner:
 
     def close(self) -> None:
         """Kill the workers (idempotent)."""
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        if not getattr(self, "_closed", True):
+            self._closed = True
+            for pool in self._pools:
+                pool.close()
 
     def __enter__(self) -> RewardRunner:
         return self

@@ -81,6 +81,7 @@ def test_reports_acc_lists_exactly_the_builtins_that_report_it():
 
     row = {"prompt": "q", "completion": "```python\nprint(2)\n```", "answer": "2",
            "tests": [{"input": "", "output": "2\n"}]}
-    reporting = {name for fn in resolve_specs(sorted(BUILTINS))
+    local = sorted(set(BUILTINS) - {"remote"})  # remote reports whatever its server returns (tests/unit/test_remote_reward.py)
+    reporting = {name for fn in resolve_specs(local)
                  for name in [fn.name] if "acc" in coerce_output(fn(row))[1]}
     assert reporting == REPORTS_ACC
