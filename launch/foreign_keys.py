@@ -43,6 +43,7 @@ _TRL = {
     "mask_truncated_completions": ("algorithm.overlong.filtering", ""),
     "temperature": ("rollout.temperature", ""),
     "reward_weights": ("reward.weights", ""),
+    "reward_funcs": ("reward.fns", "your TRL functions plug in unchanged: reward.fns=[file.py:fn, ...]"),
     "num_train_epochs": ("trainer.total_steps", "runs are counted in steps: one pass over the prompts is "
                          "(number of prompts) / trainer.train_prompts steps"),
     "max_steps": ("trainer.total_steps", ""),
@@ -78,6 +79,9 @@ _VERL = {
     "data.max_response_length": ("rollout.max_new_tokens", ""),
     "data.train_files": ("data.train", ""),
     "data.val_files": ("data.eval", ""),
+    "custom_reward_function.path": ("reward.fns", "your compute_score plugs in unchanged: "
+                                    "reward.fns=[path/to/file.py:compute_score]"),
+    "custom_reward_function.name": ("reward.fns", "name it after the file: reward.fns=[file.py:NAME]"),
     "algorithm.adv_estimator": ("algorithm.advantage.name", "reinforce_plus_plus_baseline is reinforce_pp"),
     "algorithm.use_kl_in_reward": ("algorithm.kl_in_reward.enable", ""),
     "algorithm.kl_ctrl.kl_coef": ("algorithm.kl_in_reward.coef", ""),
@@ -102,6 +106,11 @@ _OPENRLHF = {
     "max_epochs": ("trainer.epochs", ""),
     "num_episodes": ("trainer.total_steps", "runs are counted in steps"),
     "save_path": ("trainer.output_dir", ""),
+    "remote_rm_url": ("reward.fns", "a reward_func file plugs in unchanged: reward.fns=[file.py:reward_func]; an "
+                      "HTTP reward model is the `remote` built-in with sandbox: false"),
+    "input_key": ("data.prompt_key", ""),
+    "label_key": ("data.answer_key", ""),
+    "apply_chat_template": ("data.chat_template", ""),
 }
 
 FOREIGN_KEYS: dict[str, ForeignKey] = {
