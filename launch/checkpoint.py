@@ -1,4 +1,6 @@
-"""Checkpoints: `checkpoints/step_N/` = every trainer rank's DeepSpeed state + the driver's state.
+"""Checkpoints: `checkpoints/step_N/` = every trainer rank's DeepSpeed state + the driver's state + (with
+trainer.checkpoint_hf, the default) `hf/`, a Hugging Face export of the weights that `python -m launch.eval`,
+`from_pretrained` and vLLM read.
 
 A checkpoint is written into `checkpoints/.tmp-step_N/`, flushed to disk (fsync), and renamed to `step_N/`
 only once every rank and the driver have finished writing, with a `COMPLETE` marker inside; a kill during a
@@ -31,6 +33,7 @@ from rl.safe_load import load_weights_only
 from rl.types import Sample
 
 MARKER = "COMPLETE"
+HF_EXPORT = "hf"
 DRIVER_STATE = "driver_state.v2.pt"
 LEGACY_DRIVER_STATE = "driver_state.pt"  # a pickle (torch.save of Sample objects), written before v2
 _STEP = re.compile(r"^step_(\d+)$")
@@ -44,14 +47,19 @@ def checkpoint_root(output_dir: str | Path) -> Path:
 
 
 def save(output_dir: str | Path, step: int, driver_state: dict[str, Any],
-         save_trainer: Callable[[str, str], None], keep_last: int) -> Path:
-    """save_trainer(directory, tag) must write every rank's state (a collective call)."""
+         save_trainer: Callable[[str, str], None], keep_last: int,
+         save_hf: Callable[[str], None] | None = None) -> Path:
+    """save_trainer(directory, tag) must write every rank's state (a collective call); save_hf(directory), when
+    given, the Hugging Face export (HF_EXPORT), inside the same atomic save: a kill while it writes leaves no
+    complete checkpoint, only the previous one."""
     root = checkpoint_root(output_dir)
     final = root / f"step_{step}"
     tmp = root / f".tmp-step_{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_trainer(str(tmp / "trainer"), "state")
+    if save_hf is not None:
+        save_hf(str(tmp / HF_EXPORT))
     torch.save(encode_state(driver_state), tmp / DRIVER_STATE)
     _fsync_tree(tmp)  # every byte on disk before the marker says so
     (tmp / MARKER).write_text(str(step))

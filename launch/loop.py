@@ -400,11 +400,20 @@ class Driver:
 
     # -- step 8: eval, checkpoints -----------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
+        """One greedy answer per held-out prompt (eval/accuracy); with trainer.eval_k, also k sampled answers
+        (eval/avg@k, eval/pass@k'), drawn with the fixed eval.seed at every eval."""
+        cfg = self.cfg
         rows = self.prep.eval_rows
         requests = prompt_requests(rows, range(len(rows)), [-1] * len(rows))
-        params = SamplingParams(n=1, greedy=True, max_new_tokens=self.cfg.rollout.max_new_tokens,
-                                stop=list(self.cfg.rollout.stop))
-        return steps.eval_metrics(self._generate_and_score(requests, params))
+        params = SamplingParams(n=1, greedy=True, max_new_tokens=cfg.rollout.max_new_tokens,
+                                stop=list(cfg.rollout.stop))
+        metrics = steps.eval_metrics(self._generate_and_score(requests, params))
+        if k := cfg.trainer.eval_k:
+            params = SamplingParams(n=k, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
+                                    max_new_tokens=cfg.rollout.max_new_tokens, stop=list(cfg.rollout.stop),
+                                    seed=cfg.eval.seed)
+            metrics.update(steps.eval_sampled_metrics(self._generate_and_score(requests, params), k))
+        return metrics
 
     def driver_state(self) -> dict:
         return {"step": self.step, "version": self.version, "next_group_id": self.next_group_id,
@@ -418,7 +427,11 @@ class Driver:
         def save_trainer(directory: str, tag: str) -> None:
             self.trainer_call("save_checkpoint", "saving a checkpoint", directory, tag)
 
-        checkpoint.save(self.out, step, self.driver_state(), save_trainer, self.cfg.trainer.keep_last)
+        def save_hf(directory: str) -> None:
+            self.trainer_call("save_hf", "writing a checkpoint's hf/", directory)
+
+        checkpoint.save(self.out, step, self.driver_state(), save_trainer, self.cfg.trainer.keep_last,
+                        save_hf if self.cfg.trainer.checkpoint_hf else None)
 
     def _maybe_resume(self) -> int:
         resume = self.cfg.trainer.resume
