@@ -22,7 +22,7 @@ import ray
 from ray import cloudpickle
 
 from launch import packages
-from launch.config import Config, ConfigError
+from launch.config import Config, ConfigError, RewardConfig
 from launch.supervisor import gather, guard_spec
 
 log = logging.getLogger("rlvr")
@@ -136,8 +136,7 @@ class Workers:
         from reward.worker import RewardWorker
 
         rw = self.cfg.reward
-        specs = [{"fn": fn, "weight": w} for fn, w in zip(rw.fns, rw.weights or [1.0] * len(rw.fns))]
-        return RewardWorker.options(num_cpus=0).remote(specs, rw.timeout_s, rw.processes_per_worker,
+        return RewardWorker.options(num_cpus=0).remote(reward_specs(rw), rw.timeout_s, rw.processes_per_worker,
                                                        os.path.join(self.output_dir, "quarantine.jsonl"),
                                                        guard=self._guard("reward", k))
 
@@ -162,6 +161,11 @@ class Workers:
         """Wait (with the start deadline) until the actors have started."""
         names = [f"{role}[{i}]" for i in (indices if indices is not None else range(len(actors)))]
         gather(self.stack_dir, [a.ping.remote() for a in actors], names, "starting", self.cfg.faults.start_timeout_s)
+
+
+def reward_specs(rw: RewardConfig) -> list[dict[str, Any]]:
+    """The RewardRunner specs of the reward section (training's reward workers and launch.eval)."""
+    return [{"fn": fn, "weight": w} for fn, w in zip(rw.fns, rw.weights or [1.0] * len(rw.fns))]
 
 
 def create_workers(cfg: Config, model_path: str, output_dir: str) -> Workers:

@@ -271,7 +271,7 @@ class Driver:
                 continue
             if role == "rollout":
                 parts[i] = value
-                rows[i] = [{**s.fields, "prompt": s.prompt_text, "completion": s.response_text} for s in value]
+                rows[i] = [steps.reward_row(s) for s in value]
                 for kk in range(K):
                     score(i, kk)
                 if len(parts) == len([sh for sh in shards if sh]):

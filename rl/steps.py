@@ -198,6 +198,12 @@ def eval_metrics(samples: list[Sample]) -> dict[str, float]:
     return out
 
 
+def reward_row(s: Sample) -> dict[str, Any]:
+    """What a reward function is called with for a sample: the dataset columns, the rendered prompt and the
+    completion text."""
+    return {**s.fields, "prompt": s.prompt_text, "completion": s.response_text}
+
+
 def is_correct(s: Sample) -> bool:
     """A scored sample whose `acc` (see `accuracy`) is at least 0.5 (the built-ins' accs are 0 or 1); a failed
     reward is not correct."""
