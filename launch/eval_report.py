@@ -53,7 +53,7 @@ def build_report(greedy: list[Sample], sampled: list[Sample], *, k: int, resampl
     `by_data_source` (each as `group_stats`)."""
     uses_acc = any("acc" in s.reward_metrics for s in greedy + sampled)
     kw = dict(k=k, uses_acc=uses_acc, resamples=resamples, level=level, seed=seed)
-    sources = sorted({data_source(s) for s in greedy + sampled})
+    sources = sorted({data_source(s) for s in greedy + sampled}, key=lambda src: (src == NO_SOURCE, src))
     return {**header, "correctness": "acc" if uses_acc else "reward",
             "overall": group_stats(greedy, sampled, **kw),
             "by_data_source": {src: group_stats([s for s in greedy if data_source(s) == src],
