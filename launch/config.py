@@ -233,8 +233,8 @@ class TrainerConfig:
     """Keep this many most recent checkpoints."""
     checkpoint_hf: bool = True
     """Write a Hugging Face export `hf/` (safetensors + tokenizer) inside every checkpoint, inside its atomic save,
-    for `python -m launch.eval` and vLLM. Costs one model copy in the training dtype per checkpoint (with Adam the
-    DeepSpeed state is about 8 times larger) and one gather of the full weights, as a weight sync does."""
+    for `python -m launch.eval` and vLLM. Costs one model copy in the training dtype per checkpoint (with AdamW the
+    DeepSpeed state is 4 to 7 times larger) and one gather of the full weights, as a weight sync does."""
     output_dir: str = "outputs/run"
     """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/."""
     resume: str = "auto"
