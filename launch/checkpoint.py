@@ -124,6 +124,48 @@ def load_driver_state(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{file}: {e}") from None
 
 
+def deepspeed_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model weights of complete checkpoint `path` from its DeepSpeed state, for a checkpoint saved without
+    HF_EXPORT: under ZeRO 0-2 rank 0's model-states file holds the whole module (read with the trainer's
+    weights_only loads). ZeRO-3 keeps the weights partitioned, and a file may be missing: ValueError saying
+    what to do."""
+    from rl.trainer import _deepspeed_checkpoint_classes
+
+    path = Path(path)
+    file = path / "trainer" / "state" / "mp_rank_00_model_states.pt"
+    fix = (f"evaluate the run's final/, or resume the run with trainer.checkpoint_hf=true so that its next "
+           f"checkpoints carry an {HF_EXPORT}/ export")
+    if not (path / MARKER).is_file() or not file.is_file():
+        raise ValueError(f"{path}: no {HF_EXPORT}/ export and no DeepSpeed model states ({file.relative_to(path)}) "
+                         f"to rebuild one from; {fix}")
+    module = load_weights_only(file, _deepspeed_checkpoint_classes(), map_location="cpu")["module"]
+    state = {k.removeprefix("model."): v for k, v in module.items()}  # the trainer wraps the HF model as `model`
+    if any(v.numel() == 0 for v in state.values()):
+        raise ValueError(f"{path}: a ZeRO-3 checkpoint without an {HF_EXPORT}/ export keeps its weights partitioned "
+                         f"over the ranks' optimizer files; {fix}")
+    return state
+
+
+def write_hf(state: dict[str, torch.Tensor], base_model: str, dest: str | Path, *,
+             trust_remote_code: bool = False) -> Path:
+    """`state` as a Hugging Face directory `dest` (written beside it, then renamed), with the architecture and
+    tokenizer of `base_model` (the run's model.path)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dest = Path(dest)
+    config = AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_config(config, dtype=next(iter(state.values())).dtype,
+                                             trust_remote_code=trust_remote_code)
+    model.load_state_dict(state, strict=True)
+    tmp = dest.parent / f".tmp-{dest.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code).save_pretrained(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest
+
+
 def upgrade(path: str | Path) -> Path:
     """Rewrite the legacy pickled driver state of checkpoint `path` as DRIVER_STATE. Unpickles the legacy file,
     so it runs whatever code that file holds: the user's explicit, one-off decision to trust it. The legacy file

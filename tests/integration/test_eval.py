@@ -4,12 +4,14 @@ and on its final/ (in-process). Checks that training logs eval/avg@k and eval/pa
 eval/accuracy; that the checkpoint carries an hf/ export with exactly final/'s weights; that the eval command
 takes its reward function from the run's config.yaml; and that the report agrees with itself and with
 samples.jsonl (pass@1 = avg@k, pass@k monotone in k, greedy accuracy = the fraction of correct greedy answers,
-groups per data_source including rows without one), the same on the checkpoint as on final/."""
+groups per data_source including rows without one), the same on the checkpoint as on final/, and the same
+again on the checkpoint with its hf/ removed (the weights then come from its DeepSpeed state)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +116,11 @@ def test_train_with_sampled_eval_then_evaluate_checkpoint_and_final(ray_cluster,
     assert [s["completion"] for s in _records(tmp_path / "final_eval" / "samples.jsonl")] == \
         [s["completion"] for s in samples]
     assert again["overall"] == report["overall"] and again["by_data_source"] == report["by_data_source"]
+
+    # a checkpoint saved without hf/ (trainer.checkpoint_hf=false, older runs): read from its DeepSpeed state
+    shutil.rmtree(ckpt / "hf")
+    assert launch_eval.main([str(ckpt), str(data), "eval.k=4", "eval.bootstrap=200",
+                             f"eval.output={tmp_path / 'rebuilt_eval'}"]) == 0
+    assert _weights(run_dir / "eval" / ".hf-step_1").keys() == final.keys()
+    rebuilt = json.loads((tmp_path / "rebuilt_eval" / "report.json").read_text())
+    assert rebuilt["overall"] == report["overall"] and rebuilt["by_data_source"] == report["by_data_source"]

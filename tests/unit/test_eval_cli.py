@@ -65,8 +65,13 @@ def test_missing_data_file(capsys, tiny_model_dir):
 
 def test_checkpoints_without_an_export_or_incomplete(capsys, tmp_path):
     run = _run_dir(tmp_path, hf=False)
-    line = _errors(capsys, [str(run / "checkpoints" / "step_3"), "arith"])[0]
-    assert "no hf/ export" in line and "trainer.checkpoint_hf=true" in line and "final/" in line
+    line = _errors(capsys, [str(run / "checkpoints" / "step_3"), "arith"])[0]  # nor DeepSpeed model states
+    assert "no hf/ export and no DeepSpeed model states" in line and "trainer.checkpoint_hf=true" in line
+    assert "final/" in line
+    elsewhere = tmp_path / "copied_step_3"
+    (run / "checkpoints" / "step_3").rename(elsewhere)
+    line = _errors(capsys, [str(elsewhere), "arith"])[0]
+    assert "no hf/ export" in line and "not inside its run directory" in line
     killed = run / "checkpoints" / "step_4"
     killed.mkdir()
     assert "not a complete checkpoint" in _errors(capsys, [str(killed), "arith"])[0]
