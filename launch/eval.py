@@ -88,7 +88,9 @@ def _export(target: Target, cfg: Config) -> str:
     from launch.models import ModelNotFoundError, resolve_model
 
     dest = target.run_dir / "eval" / f".hf-{target.name}"
-    if not (dest / "config.json").is_file():
+    marker = target.checkpoint / checkpoint.MARKER
+    fresh = (dest / "config.json").is_file() and (dest / "config.json").stat().st_mtime >= marker.stat().st_mtime
+    if not fresh:  # none yet, or the step was saved again since (a resumed run re-saves its newest step)
         log.info("%s has no hf/ export: rebuilding one from its DeepSpeed state into %s", target.checkpoint, dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -169,8 +171,8 @@ def load_prompts(cfg: Config, data: str, model: str) -> list[PromptRequest]:
 
 def generate_and_score(worker, runner, requests: list[PromptRequest], params: SamplingParams, cfg: Config,
                        reward_names: tuple[str, ...], what: str) -> list[Sample]:
-    """`params.n` answers per request, scored, in request order; in chunks (each seeded params.seed + chunk
-    index), so progress is logged and the rewards of one chunk are computed while nothing else waits on them."""
+    """`params.n` answers per request, scored, in request order. Generated and scored chunk by chunk (about
+    4 × rollout.batch_size answers each; chunk c seeded params.seed + c), so that progress is logged as it goes."""
     from rl import steps
 
     chunk = max(1, 4 * cfg.rollout.batch_size // params.n)

@@ -55,7 +55,8 @@ def _weights(path: Path) -> dict:
 def _check_report(report: dict, samples: list[dict], k: int) -> None:
     assert report["correctness"] == "acc" and report["settings"]["k"] == k
     assert sorted(report["by_data_source"]) == sorted(["a", "b", NO_SOURCE])
-    assert report["overall"]["num_prompts"] == 6 and all(g["num_prompts"] == 2 for g in report["by_data_source"].values())
+    assert report["overall"]["num_prompts"] == 6
+    assert all(g["num_prompts"] == 2 for g in report["by_data_source"].values())
     for name, group in [("all", report["overall"]), *report["by_data_source"].items()]:
         rows = [s for s in samples if name == "all" or s["data_source"] == name]
         greedy = [s for s in rows if s["mode"] == "greedy"]
