@@ -1,4 +1,6 @@
-"""Checkpoints: `checkpoints/step_N/` = every trainer rank's DeepSpeed state + the driver's state.
+"""Checkpoints: `checkpoints/step_N/` = every trainer rank's DeepSpeed state + the driver's state + (with
+trainer.checkpoint_hf, the default) `hf/`, a Hugging Face export of the weights that `python -m launch.eval`,
+`from_pretrained` and vLLM read.
 
 A checkpoint is written into `checkpoints/.tmp-step_N/`, flushed to disk (fsync), and renamed to `step_N/`
 only once every rank and the driver have finished writing, with a `COMPLETE` marker inside; a kill during a
@@ -31,6 +33,7 @@ from rl.safe_load import load_weights_only
 from rl.types import Sample
 
 MARKER = "COMPLETE"
+HF_EXPORT = "hf"
 DRIVER_STATE = "driver_state.v2.pt"
 LEGACY_DRIVER_STATE = "driver_state.pt"  # a pickle (torch.save of Sample objects), written before v2
 _STEP = re.compile(r"^step_(\d+)$")
@@ -44,14 +47,19 @@ def checkpoint_root(output_dir: str | Path) -> Path:
 
 
 def save(output_dir: str | Path, step: int, driver_state: dict[str, Any],
-         save_trainer: Callable[[str, str], None], keep_last: int) -> Path:
-    """save_trainer(directory, tag) must write every rank's state (a collective call)."""
+         save_trainer: Callable[[str, str], None], keep_last: int,
+         save_hf: Callable[[str], None] | None = None) -> Path:
+    """save_trainer(directory, tag) must write every rank's state (a collective call); save_hf(directory), when
+    given, the Hugging Face export (HF_EXPORT), inside the same atomic save: a kill while it writes leaves no
+    complete checkpoint, only the previous one."""
     root = checkpoint_root(output_dir)
     final = root / f"step_{step}"
     tmp = root / f".tmp-step_{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_trainer(str(tmp / "trainer"), "state")
+    if save_hf is not None:
+        save_hf(str(tmp / HF_EXPORT))
     torch.save(encode_state(driver_state), tmp / DRIVER_STATE)
     _fsync_tree(tmp)  # every byte on disk before the marker says so
     (tmp / MARKER).write_text(str(step))
@@ -114,6 +122,48 @@ def load_driver_state(path: str | Path) -> dict[str, Any]:
         return decode_state(load_weights_only(file))
     except ValueError as e:
         raise ValueError(f"{file}: {e}") from None
+
+
+def deepspeed_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model weights of complete checkpoint `path` from its DeepSpeed state, for a checkpoint saved without
+    HF_EXPORT: under ZeRO 0-2 rank 0's model-states file holds the whole module (read with the trainer's
+    weights_only loads). ZeRO-3 keeps the weights partitioned, and a file may be missing: ValueError saying
+    what to do."""
+    from rl.trainer import _deepspeed_checkpoint_classes
+
+    path = Path(path)
+    file = path / "trainer" / "state" / "mp_rank_00_model_states.pt"
+    fix = (f"evaluate the run's final/, or resume the run with trainer.checkpoint_hf=true so that its next "
+           f"checkpoints carry an {HF_EXPORT}/ export")
+    if not (path / MARKER).is_file() or not file.is_file():
+        raise ValueError(f"{path}: no {HF_EXPORT}/ export and no DeepSpeed model states ({file.relative_to(path)}) "
+                         f"to rebuild one from; {fix}")
+    module = load_weights_only(file, _deepspeed_checkpoint_classes(), map_location="cpu")["module"]
+    state = {k.removeprefix("model."): v for k, v in module.items()}  # the trainer wraps the HF model as `model`
+    if any(v.numel() == 0 for v in state.values()):
+        raise ValueError(f"{path}: a ZeRO-3 checkpoint without an {HF_EXPORT}/ export keeps its weights partitioned "
+                         f"over the ranks' optimizer files; {fix}")
+    return state
+
+
+def write_hf(state: dict[str, torch.Tensor], base_model: str, dest: str | Path, *,
+             trust_remote_code: bool = False) -> Path:
+    """`state` as a Hugging Face directory `dest` (written beside it, then renamed), with the architecture and
+    tokenizer of `base_model` (the run's model.path)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dest = Path(dest)
+    config = AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_config(config, dtype=next(iter(state.values())).dtype,
+                                             trust_remote_code=trust_remote_code)
+    model.load_state_dict(state, strict=True)
+    tmp = dest.parent / f".tmp-{dest.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code).save_pretrained(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest
 
 
 def upgrade(path: str | Path) -> Path:

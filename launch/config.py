@@ -275,10 +275,17 @@ class TrainerConfig:
     eval excluded) reach this budget; null = total_steps only. For compute-matched comparisons."""
     eval_every: int = 10
     """Run held-out greedy eval every this many steps (0: only at start and end)."""
+    eval_k: int = 0
+    """Also sample this many answers per held-out prompt at each eval (at eval.temperature, eval.top_p) and log
+    eval/avg@k and eval/pass@k' for k' = 1, 2, 4, ..., k (rl/passk.py); 0: greedy only."""
     save_every: int = 50
     """Write a checkpoint every this many steps (0: only the final one)."""
     keep_last: int = 2
     """Keep this many most recent checkpoints."""
+    checkpoint_hf: bool = True
+    """Write a Hugging Face export `hf/` (safetensors + tokenizer) inside every checkpoint, inside its atomic save,
+    for `python -m launch.eval` and vLLM. Costs one model copy in the training dtype per checkpoint (with AdamW the
+    DeepSpeed state is 4 to 7 times larger) and one gather of the full weights, as a weight sync does."""
     output_dir: str = "outputs/run"
     """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/."""
     resume: str = "auto"
@@ -300,9 +307,51 @@ class TrainerConfig:
         for key in ("num_workers", "train_prompts", "mini_batches", "epochs", "total_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key}={getattr(self, key)}: must be >= 1")
+        if self.eval_k < 0:
+            raise ConfigError(f"trainer.eval_k={self.eval_k}: must be >= 0 (0: greedy eval only)")
         if self.max_generated_tokens is not None and self.max_generated_tokens < 1:
             raise ConfigError(f"trainer.max_generated_tokens={self.max_generated_tokens}: must be >= 1, or null "
                               "for no token budget")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    k: int = 8
+    """`python -m launch.eval`: sampled answers per prompt, for avg@k and pass@k' at k' = 1, 2, 4, ..., k
+    (0: greedy only). The training-time eval samples trainer.eval_k instead."""
+    greedy: bool = True
+    """`python -m launch.eval`: also generate one greedy answer per prompt (greedy accuracy)."""
+    temperature: float = 1.0
+    """Sampling temperature of the sampled answers (launch.eval and trainer.eval_k)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass of the sampled answers (launch.eval and trainer.eval_k)."""
+    seed: int = 0
+    """Seed of the sampled answers and of the bootstrap resampling."""
+    max_prompts: int | None = None
+    """`python -m launch.eval`: evaluate only the first this many prompts of DATA (null: all)."""
+    output: str | None = None
+    """`python -m launch.eval`: directory for report.json, samples.jsonl and quarantine.jsonl; null: `eval/` in
+    the run directory of a checkpoint or final/ (`RUN/eval/step_N-DATA/`), else `outputs/eval/MODEL-DATA/`."""
+    bootstrap: int = 1000
+    """Bootstrap resamples of the prompts for every confidence interval (0: intervals collapse to the value)."""
+    ci_level: float = 0.95
+    """Confidence level of the intervals (percentile bootstrap over prompts)."""
+
+    def __post_init__(self) -> None:
+        if self.k < 0:
+            raise ConfigError(f"eval.k={self.k}: must be >= 0 (0: greedy only)")
+        if self.k == 0 and not self.greedy:
+            raise ConfigError("eval.k=0 with eval.greedy=false evaluates nothing: set eval.k >= 1 or eval.greedy=true")
+        if self.temperature <= 0:
+            raise ConfigError(f"eval.temperature={self.temperature}: must be > 0 (greedy answers: eval.greedy=true)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"eval.top_p={self.top_p}: must be in (0, 1]")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ConfigError(f"eval.max_prompts={self.max_prompts}: must be >= 1, or null for every prompt")
+        if self.bootstrap < 0:
+            raise ConfigError(f"eval.bootstrap={self.bootstrap}: must be >= 0")
+        if not 0.0 < self.ci_level < 1.0:
+            raise ConfigError(f"eval.ci_level={self.ci_level}: must be in (0, 1), e.g. 0.95")
 
 
 @dataclass(frozen=True)
@@ -385,6 +434,8 @@ class Config:
     """Advantages, policy loss, dynamic sampling, overlong handling."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     """Optimisation, schedule and outputs."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Sampled evaluation: `python -m launch.eval` and trainer.eval_k."""
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     """Deadlines, restarts and recovery."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)

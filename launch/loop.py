@@ -35,7 +35,6 @@ from launch.metrics import MetricsLogger
 from launch.prepare import Prepared, prepare, startup_warnings
 from launch.runlock import RunLock
 from launch.supervisor import ActorFailure, Calls, gather
-from reward.registry import COMPLETION_IDS, SOURCE_PROMPT
 from rl import steps
 from rl.replay import rng_state, set_rng_state
 from rl.types import PromptRequest, Sample, TrainResult
@@ -276,7 +275,7 @@ class Driver:
                 continue
             if role == "rollout":
                 parts[i] = value
-                rows[i] = [reward_row(s) for s in value]
+                rows[i] = [steps.reward_row(s) for s in value]
                 for kk in range(K):
                     score(i, kk)
                 if len(parts) == len([sh for sh in shards if sh]):
@@ -405,11 +404,20 @@ class Driver:
 
     # -- step 8: eval, checkpoints -----------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
+        """One greedy answer per held-out prompt (eval/accuracy); with trainer.eval_k, also k sampled answers
+        (eval/avg@k, eval/pass@k'), drawn with the fixed eval.seed at every eval."""
+        cfg = self.cfg
         rows = self.prep.eval_rows
         requests = prompt_requests(rows, range(len(rows)), [-1] * len(rows))
-        params = SamplingParams(n=1, greedy=True, max_new_tokens=self.cfg.rollout.max_new_tokens,
-                                stop=list(self.cfg.rollout.stop))
-        return steps.eval_metrics(self._generate_and_score(requests, params))
+        params = SamplingParams(n=1, greedy=True, max_new_tokens=cfg.rollout.max_new_tokens,
+                                stop=list(cfg.rollout.stop))
+        metrics = steps.eval_metrics(self._generate_and_score(requests, params))
+        if k := cfg.trainer.eval_k:
+            params = SamplingParams(n=k, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
+                                    max_new_tokens=cfg.rollout.max_new_tokens, stop=list(cfg.rollout.stop),
+                                    seed=cfg.eval.seed)
+            metrics.update(steps.eval_sampled_metrics(self._generate_and_score(requests, params), k))
+        return metrics
 
     def driver_state(self) -> dict:
         return {"step": self.step, "version": self.version, "next_group_id": self.next_group_id,
@@ -423,7 +431,11 @@ class Driver:
         def save_trainer(directory: str, tag: str) -> None:
             self.trainer_call("save_checkpoint", "saving a checkpoint", directory, tag)
 
-        checkpoint.save(self.out, step, self.driver_state(), save_trainer, self.cfg.trainer.keep_last)
+        def save_hf(directory: str) -> None:
+            self.trainer_call("save_hf", "writing a checkpoint's hf/", directory)
+
+        checkpoint.save(self.out, step, self.driver_state(), save_trainer, self.cfg.trainer.keep_last,
+                        save_hf if self.cfg.trainer.checkpoint_hf else None)
 
     def _maybe_resume(self) -> int:
         resume = self.cfg.trainer.resume
@@ -474,9 +486,3 @@ def prompt_requests(rows: list[dict], ids: Sequence[int], group_ids: Sequence[in
     return [PromptRequest(prompt_id=i, group_id=g, prompt_ids=rows[i]["prompt_ids"], prompt_text=rows[i]["prompt_text"],
                           fields=rows[i]["fields"]) for i, g in zip(ids, group_ids, strict=True)]
 
-
-def reward_row(s: Sample) -> dict:
-    """What the reward functions get of a sample: its dataset columns, the rendered prompt, the completion,
-    and (under reserved keys, for the TRL convention) the dataset's own prompt and the completion's token ids."""
-    return {**s.fields, "prompt": s.prompt_text, "completion": s.response_text,
-            SOURCE_PROMPT: s.fields.get("prompt", s.prompt_text), COMPLETION_IDS: list(s.response_ids)}

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from reward.registry import COMPLETION_IDS, SOURCE_PROMPT
+from rl import passk
 from rl.advantages import compute_advantages, strata_from_samples
 from rl.replay import ReplayBuffer, per_weights, ratio_count, replay_metrics, topup_count
 from rl.sampling import overlong_penalty
@@ -194,6 +196,42 @@ def eval_metrics(samples: list[Sample]) -> dict[str, float]:
     out = {"eval/reward_mean": sum(s.reward for s in ok) / max(len(ok), 1), "eval/num_prompts": len(samples)}
     if any("acc" in s.reward_metrics for s in ok):
         out["eval/accuracy"] = sum(s.reward_metrics.get("acc", 0.0) for s in ok) / len(samples)
+    return out
+
+
+def reward_row(s: Sample) -> dict[str, Any]:
+    """What the reward functions get of a sample (training and launch.eval): its dataset columns, the rendered
+    prompt, the completion, and, under reserved keys for the TRL convention, the dataset's own prompt (text or
+    chat messages) and the completion's token ids."""
+    return {**s.fields, "prompt": s.prompt_text, "completion": s.response_text,
+            SOURCE_PROMPT: s.fields.get("prompt", s.prompt_text), COMPLETION_IDS: list(s.response_ids)}
+
+
+def is_correct(s: Sample) -> bool:
+    """A scored sample whose `acc` (see `accuracy`) is at least 0.5 (the built-ins' accs are 0 or 1); a failed
+    reward is not correct."""
+    return s.reward_status == "ok" and s.reward is not None and s.reward_metrics.get("acc", 0.0) >= 0.5
+
+
+def by_prompt(samples: list[Sample]) -> dict[int, list[Sample]]:
+    """The samples of each prompt id, in order of first appearance."""
+    out: dict[int, list[Sample]] = {}
+    for s in samples:
+        out.setdefault(s.prompt_id, []).append(s)
+    return out
+
+
+def eval_sampled_metrics(samples: list[Sample], k: int) -> dict[str, float]:
+    """eval/avg@k (mean correctness of the k answers per prompt) and the unbiased eval/pass@k' for k' = 1, 2, 4,
+    ..., k (rl/passk.py) of k sampled answers per held-out prompt; with no function reporting `acc`,
+    eval/reward_mean@k (a failed reward counts as 0 there)."""
+    groups = list(by_prompt(samples).values())
+    if not any("acc" in s.reward_metrics for s in samples):
+        return {f"eval/reward_mean@{k}": sum(s.reward or 0.0 for s in samples) / max(len(samples), 1)}
+    correct = [[is_correct(s) for s in g] for g in groups]
+    out = {f"eval/avg@{k}": sum(map(sum, correct)) / max(sum(map(len, correct)), 1)}
+    for kk in passk.ks_upto(k):
+        out[f"eval/pass@{kk}"] = float(passk.per_prompt(correct, kk).mean())
     return out
 
 

@@ -157,8 +157,10 @@ def test_a_killed_driver_resumes_with_one_row_per_step(tmp_path, baseline):
            f"model.cache_dir={tmp_path.parent / 'models'}", *STEPS]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", WANDB_MODE="disabled")
-    first = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    # the tiny model runs a step (and the last save) in about 0.1 s, faster than the poll below: the first run
+    # hangs in step 4's update, so that the kill always lands after step 3's row and before final/
+    first = subprocess.Popen([*cmd, "faults.inject=[trainer:0:train_step:4:hang]"], cwd=root, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while not ((tmp_path / "metrics.jsonl").exists() and any(r["step"] == 3 for r in _rows(tmp_path))):

@@ -80,6 +80,44 @@ def test_keep_last_and_leftovers_of_a_killed_save(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_3", "step_4"]
 
 
+HF_SCRIPT = textwrap.dedent('''
+    import os, signal, sys
+    from pathlib import Path
+    from launch import checkpoint
+
+    out, step, kill = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "kill"
+
+    def save_trainer(directory, tag):
+        Path(directory).mkdir(parents=True)
+        (Path(directory) / "weights.bin").write_bytes(b"x" * 1000)
+
+    def save_hf(directory):
+        Path(directory).mkdir(parents=True)
+        (Path(directory) / "config.json").write_text("{}")
+        if kill:  # half-way through the export: config.json written, the weights not yet
+            os.kill(os.getpid(), signal.SIGKILL)
+        (Path(directory) / "model.safetensors").write_bytes(b"w" * 100)
+
+    checkpoint.save(out, step, {"step": step}, save_trainer, keep_last=2, save_hf=save_hf)
+''')
+
+
+def test_hf_export_is_inside_the_atomic_save(tmp_path):
+    def save(step: int, mode: str) -> int:
+        return subprocess.run([sys.executable, "-c", HF_SCRIPT, str(tmp_path), str(step), mode], cwd=ROOT,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}, timeout=120).returncode
+
+    assert save(1, "ok") == 0
+    assert save(2, "kill") == -signal.SIGKILL  # killed while writing step 2's hf/
+    path = checkpoint.latest(tmp_path)
+    assert path.name == "step_1"  # the half-written export never makes step 2 look complete
+    assert (path / checkpoint.HF_EXPORT / "model.safetensors").stat().st_size == 100
+    assert save(2, "ok") == 0
+    path = checkpoint.latest(tmp_path)
+    assert path.name == "step_2" and (path / "hf" / "config.json").is_file() and (path / "trainer").is_dir()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_1", "step_2"]  # leftover gone
+
+
 def _no_trainer(directory: str, tag: str) -> None:
     Path(directory).mkdir(parents=True)
 

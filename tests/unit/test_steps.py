@@ -83,6 +83,24 @@ def test_eval_metrics_count_a_failed_reward_as_wrong():
     assert "eval/accuracy" not in steps.eval_metrics([_s(1.0, metrics={"mine": 1.0})])  # nothing reports acc
 
 
+def test_eval_sampled_metrics_worked_example():
+    def answers(prompt_id, accs):
+        out = [_s(a, metrics={"acc": a}) for a in accs]
+        for s in out:
+            s.prompt_id = prompt_id
+        return out
+
+    failed = _s(None, status="error")  # prompt 1's fourth answer: its reward failed, so it is not correct
+    failed.prompt_id = 1
+    samples = answers(0, [1.0, 0.0, 1.0, 0.0]) + answers(1, [1.0, 0.0, 0.0]) + [failed]
+    m = steps.eval_sampled_metrics(samples, 4)
+    # prompt 0: c=2 of 4, prompt 1: c=1 of 4; pass@2 = 1 - C(2,2)/C(4,2) = 5/6 and 1 - C(3,2)/C(4,2) = 1/2
+    assert m == pytest.approx({"eval/avg@4": 3 / 8, "eval/pass@1": 3 / 8, "eval/pass@2": (5 / 6 + 1 / 2) / 2,
+                               "eval/pass@4": 1.0})
+    assert steps.eval_sampled_metrics([_s(0.5, metrics={"mine": 1.0}), _s(None, status="error")], 2) == {
+        "eval/reward_mean@2": 0.25}  # nothing reports acc: the mean reward, a failure as 0
+
+
 # ----------------------------------------------------------------------------- advantages
 
 
