@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.util
 import difflib
 import inspect
 import re
@@ -403,6 +404,9 @@ class LoggingConfig:
     console: str = "rich"
     """Console output: `rich` (progress bar on a terminal; one plain line per step when stdout is not one,
     e.g. under `ray job submit`, nohup or SLURM) or `plain` (always one line per step)."""
+    tensorboard: bool = False
+    """Also write every metric to TensorBoard event files in `<output_dir>/tensorboard/` (needs the
+    `tensorboard` package: pip install "rlvr[tensorboard]"). Steps redone after a resume replace the old ones."""
     samples_per_step: int = 8
     """How many of each step's samples (the first ones, whole groups first) go to samples.jsonl: rendered prompt,
     completion, reward, per-function metrics, advantage; 0 writes none."""
@@ -410,6 +414,9 @@ class LoggingConfig:
     def __post_init__(self) -> None:
         if self.samples_per_step < 0:
             raise ConfigError(f"logging.samples_per_step={self.samples_per_step}: must be >= 0 (0 writes none)")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError('logging.tensorboard=true needs the tensorboard package: pip install "tensorboard>=2.15" '
+                              "(or set logging.tensorboard=false)")
 
 
 @dataclass(frozen=True)

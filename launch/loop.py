@@ -91,7 +91,8 @@ class Driver:
         self.start_step = self._maybe_resume()
         self.logger = MetricsLogger(self.out, total_steps=cfg.trainer.total_steps, config=asdict(cfg),
                                     wandb_mode=cfg.logging.wandb_mode, wandb_project=cfg.logging.wandb_project,
-                                    console=cfg.logging.console, start_step=self.start_step)
+                                    console=cfg.logging.console, start_step=self.start_step,
+                                    tensorboard=cfg.logging.tensorboard)
         self.logger.rewind(self.start_step if self.start_step else -1)  # one row per step, also after a resume
 
     def _initial_state(self) -> None:

@@ -1,4 +1,5 @@
-"""Metrics out: `metrics.jsonl` (always), wandb (offline by default), and the console.
+"""Metrics out: `metrics.jsonl` (always), wandb (offline by default), TensorBoard (`logging.tensorboard`),
+and the console.
 
 `metrics.jsonl` holds one JSON object per step with at least `step`, `time` (Unix seconds when it was logged),
 `reward/mean`, `loss/policy`,
@@ -25,7 +26,7 @@ log = logging.getLogger("rlvr")
 
 class MetricsLogger:
     def __init__(self, output_dir: str | Path, *, total_steps: int, config: dict, wandb_mode: str,
-                 wandb_project: str, console: str, start_step: int = 0):
+                 wandb_project: str, console: str, start_step: int = 0, tensorboard: bool = False):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.last_eval: float | None = None
@@ -33,6 +34,8 @@ class MetricsLogger:
         resumed = start_step > 0
         self._wandb = _init_wandb(output_dir, config, wandb_mode, wandb_project, resumed)
         self._wandb_logged = self._last_logged_step() if self._wandb is not None and resumed else -1
+        self._tb_dir = Path(output_dir) / "tensorboard" if tensorboard else None
+        self._tb = self._tensorboard(start_step + 1 if resumed else 0)  # a resume redoes the steps after its checkpoint
         self._progress = None
         if console == "rich" and sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -49,6 +52,11 @@ class MetricsLogger:
         if self._wandb is not None and step > self._wandb_logged:  # wandb's steps only go forward
             self._wandb.log(record, step=step)
             self._wandb_logged = step
+        if self._tb is not None:
+            for key, value in record.items():
+                if key not in ("step", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, global_step=step, walltime=record["time"])
+            self._tb.flush()
         if "eval/accuracy" in metrics:
             self.last_eval = metrics["eval/accuracy"]
         self._show(step, metrics)
@@ -58,6 +66,9 @@ class MetricsLogger:
         on from the checkpoint of `step` and logs the steps after it again, so each step keeps one row. wandb
         keeps the rows it was sent the first time (it takes no step twice); a deterministic replay logs the same
         values again, except timings."""
+        if self._tb is not None and step >= 0:  # TensorBoard drops the events from step + 1 on
+            self._tb.close()
+            self._tb = self._tensorboard(step + 1)
         for path in (self.path, self.path.parent / "samples.jsonl"):
             if not path.exists():
                 continue
@@ -67,6 +78,13 @@ class MetricsLogger:
                 tmp = path.with_suffix(".rewind")
                 tmp.write_text("".join(kept))
                 os.replace(tmp, path)
+
+    def _tensorboard(self, purge_step: int | None):
+        if self._tb_dir is None:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self._tb_dir), purge_step=purge_step)
 
     def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         """Append what the model wrote at this step to samples.jsonl (one JSON object per sample)."""
@@ -101,6 +119,9 @@ class MetricsLogger:
             self._progress.stop()
         if self._wandb is not None:
             self._wandb.finish()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
 
 def _clean(v: Any) -> Any:

@@ -49,3 +49,25 @@ def test_rewind_keeps_one_row_per_step_and_wandb_continues_the_same_run(tmp_path
     second.close()
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4] and all(isinstance(r["time"], float) for r in rows)
+
+
+def _tensorboard_scalars(directory, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_tensorboard_gets_every_numeric_metric_and_a_resume_replaces_redone_steps(tmp_path):
+    kw = dict(total_steps=4, config={}, wandb_mode="disabled", wandb_project="t", console="plain", tensorboard=True)
+    first = MetricsLogger(tmp_path, **kw)
+    for step in (1, 2, 3):
+        first.log(step, {"reward/mean": float(step), "note": "text is not a scalar"})
+    first.close()
+    # killed after step 3 with a checkpoint at step 2: the resumed run logs step 3 again, with another value
+    resumed = MetricsLogger(tmp_path, start_step=2, **kw)
+    resumed.log(3, {"reward/mean": 30.0})
+    resumed.log(4, {"reward/mean": 40.0})
+    resumed.close()
+    assert _tensorboard_scalars(tmp_path / "tensorboard", "reward/mean") == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
