@@ -450,6 +450,13 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     """Cluster connection."""
 
+    def __post_init__(self) -> None:
+        sampled = self.trainer.eval_k > 0 or self.eval.k > 0
+        if self.rollout.engine == "vllm" and sampled and not 0.01 <= self.eval.temperature <= 2.0:
+            # as for rollout.temperature: vLLM refuses above 2 and samples greedily below 0.01
+            raise ConfigError(f"eval.temperature={self.eval.temperature}: with rollout.engine=vllm it must lie in "
+                              "[0.01, 2] (vLLM's range); use rollout.engine=hf for other temperatures")
+
 
 def schema_keys(cls: type = Config, prefix: str = "") -> list[str]:
     """All dotted leaf keys of the schema, e.g. `trainer.lr`."""

@@ -153,7 +153,7 @@ def load_prompts(cfg: Config, data: str, model: str) -> list[PromptRequest]:
     from transformers import AutoTokenizer
 
     from launch.loop import prompt_requests
-    from launch.prepare import _rows, probe_rewards
+    from launch.prepare import encode_rows, probe_rewards
     from rollout.data import DataError, load_rows
 
     d = cfg.data
@@ -165,7 +165,7 @@ def load_prompts(cfg: Config, data: str, model: str) -> list[PromptRequest]:
     if not raw:
         raise DataError(f"DATA {data}: no rows to evaluate; give a dataset with at least one row")
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=cfg.model.trust_remote_code)
-    rows = _rows(tokenizer, raw, d, data)
+    rows = encode_rows(tokenizer, raw, d, data)
     probe_rewards(cfg, tokenizer, [("DATA", data, rows)])  # each reward function once on a real row, as training does
     return prompt_requests(rows, range(len(rows)), [-1] * len(rows))
 

@@ -85,8 +85,8 @@ def prepare(cfg: Config) -> Prepared:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    train_rows = _rows(tokenizer, train_raw, d, d.train)
-    eval_rows = _rows(tokenizer, eval_raw, d, eval_source or "")
+    train_rows = encode_rows(tokenizer, train_raw, d, d.train)
+    eval_rows = encode_rows(tokenizer, eval_raw, d, eval_source or "")
     dropped = {"train": len(train_raw) - len(train_rows), "eval": len(eval_raw) - len(eval_rows)}
     probe_rewards(cfg, tokenizer, [("data.train", d.train, train_rows), ("data.eval", eval_source, eval_rows)])
     return Prepared(model_path, train_rows, eval_rows, reward_names,
@@ -170,7 +170,9 @@ def _user_frame(tb: str) -> str:
     return ""
 
 
-def _rows(tokenizer, raw: list[dict], data_cfg, source: str) -> list[dict]:
+def encode_rows(tokenizer, raw: list[dict], data_cfg, source: Any) -> list[dict]:
+    """Loaded rows rendered and tokenised (rollout.data.encode_prompts) as the driver keeps them: {"prompt_ids",
+    "prompt_text", "fields"} (fields: the dataset row)."""
     encoded = encode_prompts(tokenizer, raw, data_cfg, source)
     return [{"prompt_ids": r["prompt_ids"], "prompt_text": r["prompt_text"],
              "fields": {k: v for k, v in r.items() if k not in _INTERNAL}} for r in encoded]

@@ -200,3 +200,10 @@ def test_help_lists_every_key_with_type_default_and_meaning(capsys):
     assert "  trainer.lr (float, default 1e-06): AdamW learning rate (DeepSeekMath GRPO: 1e-6)" in lines
     assert "algorithm.loss:" in lines
     assert main(["-h"]) == 0 and capsys.readouterr().out == out
+
+
+def test_eval_temperature_outside_vllms_range_is_refused_only_for_vllm():
+    vllm = ["rollout.engine=vllm", "rollout.gpus_per_worker=1"]
+    with pytest.raises(ConfigError, match=r"eval.temperature=3.0: with rollout.engine=vllm it must lie in \[0.01, 2\]"):
+        load_config(None, [*vllm, "eval.temperature=3"])
+    assert load_config(None, ["eval.temperature=3"]).eval.temperature == 3.0  # the hf engine takes any
