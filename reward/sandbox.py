@@ -116,7 +116,8 @@ class SandboxInfo:
 
 
 def enter_sandbox(limits: Limits, workdir: str, *, level: str = "full", at_least: bool = False) -> SandboxInfo:
-    """Confine this process at `level`, or raise SandboxUnavailable; must run while it has a single thread.
+    """Confine this process at `level`, or raise SandboxUnavailable. Namespaces are tried only while the process
+    has a single thread (unshare() moves the calling thread only), so `full` and `userns` refuse otherwise.
 
     With `at_least`, the strongest level the OS allows is applied and only one below `level` is refused (the
     `code` verifier's children outside a worker). Inside a sandbox already (a nested child), the parent's
@@ -167,7 +168,9 @@ _WEAKNESS = {
 def refusal_message(required: str, reached: str, notes: list[str]) -> str:
     """One line: the level required, the one reached and why, how to get the required one, the way out."""
     why = "; ".join(notes) or "no reason recorded"
-    if required == "full" and (os.geteuid() != 0 or "root" in _denied()):
+    if reached == "rlimits" and _threads() > 1 and required in ("full", "userns"):
+        how = "start no thread while the reward module is imported (start it in the first call instead)"
+    elif required == "full" and (os.geteuid() != 0 or "root" in _denied()):
         how = ("run the reward workers as root (e.g. in a container; a rootless container needs a spare uid mapped "
                "for the sandbox)")
     elif required == "full" and reached == "userns":
@@ -207,9 +210,10 @@ def _enter_namespaces(limits: Limits, notes: list[str], *, ceiling: str) -> str:
     if denied:
         notes.append(f"{TEST_DENY_ENV}={','.join(sorted(denied))} (a test knob): those paths were not tried")
     threads = _threads()
-    if threads > 1:
-        notes.append(f"the process has {threads} threads (a reward module that starts threads at import time?): "
-                     "namespaces need a single-threaded process")
+    if threads > 1:  # unshare() moves only the calling thread: the others would stay in the host's namespaces
+        notes.append(f"the process has {threads} threads (a reward module that starts threads at import time?), "
+                     "and unshare() confines only the calling thread: namespaces were not tried")
+        return "rlimits"
     if ceiling == "full" and os.geteuid() == 0 and "root" not in denied:
         own_uid = _uid_mapped(SANDBOX_UID_BASE + os.getpid())
         try:

@@ -104,6 +104,30 @@ def test_the_start_up_check_fails_in_seconds_with_the_refusal(monkeypatch):
     assert "reward.sandbox=rlimits" in lines[0]
 
 
+THREADED = """
+import threading, time
+threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()  # at import time
+
+def fn(prompt, completion, **sample):
+    return 1.0
+"""
+
+
+@pytest.mark.parametrize("level", ["full", "userns"])
+def test_a_thread_started_at_import_time_makes_namespaces_unreachable(tmp_path, level):
+    """unshare() would move only the calling thread: the import-time thread would stay in the host's network and
+    mount namespaces while the level read `full`. So namespaces are not tried: the worker refuses."""
+    path = tmp_path / f"threaded_{level}.py"
+    path.write_text(THREADED)
+    with pytest.raises(RewardWorkerError) as info:
+        RewardRunner([f"{path}:fn"], timeout_s=5.0, num_workers=1, sandbox=level)
+    line = str(info.value).strip().splitlines()[-1]
+    assert f"level {level} is required but only rlimits" in line and "the process has 2 threads" in line, line
+    assert "start no thread while the reward module is imported" in line
+    with RewardRunner([f"{path}:fn"], timeout_s=5.0, num_workers=1, sandbox="rlimits") as runner:
+        assert [r.reward for r in runner.score([_row()])] == [1.0]
+
+
 def test_a_lower_level_chosen_explicitly_is_the_level_in_force(monkeypatch):
     with RewardRunner([f"{HERE}:constant"], timeout_s=5.0, num_workers=1, sandbox="rlimits") as runner:
         assert runner.sandbox_level == "rlimits"  # exact: not upgraded to what the machine could do
