@@ -160,7 +160,13 @@ class Workers:
     def ping(self, role: str, actors: list, indices: range | list[int] | None = None) -> None:
         """Wait (with the start deadline) until the actors have started."""
         names = [f"{role}[{i}]" for i in (indices if indices is not None else range(len(actors)))]
-        gather(self.stack_dir, [a.ping.remote() for a in actors], names, "starting", self.cfg.faults.start_timeout_s)
+        replies = gather(self.stack_dir, [a.ping.remote() for a in actors], names, "starting",
+                         self.cfg.faults.start_timeout_s)
+        if role == "reward":  # the level in force (workers never run below reward.sandbox: they refuse to start)
+            for name, reply in zip(names, replies):
+                log.info("%s: sandbox level %s (reward.sandbox=%s)", name,
+                         reply.get("sandbox_level") if isinstance(reply, dict) else reply,
+                         self.cfg.reward.sandbox)
 
 
 def create_workers(cfg: Config, model_path: str, output_dir: str) -> Workers:

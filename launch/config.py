@@ -195,12 +195,19 @@ class RewardConfig:
     fns: list[Any] = field(default_factory=lambda: ["arith"])
     """Reward functions: built-in names, `pkg.mod:fn` or `path/to/file.py:fn` (native, verl, TRL and OpenRLHF
     signatures are recognised), or dicts of per-function options {fn, name, weight, timeout_s, sandbox,
-    data_sources, api, args}; summed with their weights. Each is called on a real dataset row at start-up."""
+    data_sources, api, args, env}; summed with their weights. Each is called on a real dataset row at start-up.
+    A function's `sandbox` is a level as for reward.sandbox; `env` lists environment variables its workers
+    get besides the allowlist (e.g. [OPENAI_API_KEY] for a judge; each must be set at start)."""
     weights: list[float] | None = None
     """One weight per entry of `fns` (default: all 1.0; or `weight` in a function's dict, not both)."""
-    sandbox: bool = True
-    """Confine reward workers (no network, private filesystem view, own uid, limits). A function that needs
-    the network (an LLM judge, a reward model over HTTP) sets `sandbox: false` in its own entry."""
+    sandbox: str = "full"
+    """Isolation level of the reward workers, required, not best effort: `full` (no network, private /tmp, a
+    uid of its own, limits; needs root), `userns` (the same namespaces, the runner's uid; needs unprivileged
+    user namespaces), `rlimits` (limits only) or `off` (explicitly none). Workers that cannot reach it refuse
+    to start, at the start-up check, saying what they reached and how to get it. `true`/`false` (the old
+    form) mean full/off. A function that needs the network (an LLM judge, a reward model over HTTP) sets
+    `sandbox: off` in its own entry; the `code` verifier requires userns or full. The level in force is
+    logged at start."""
     num_workers: int = 1
     """K: number of reward worker actors."""
     processes_per_worker: int = 2
@@ -226,6 +233,10 @@ class RewardConfig:
                                   "weight: 1.0}}")
             if isinstance(entry, dict) and "weight" in entry and self.weights is not None:
                 raise ConfigError(f"reward.fns[{i}] has its own weight and reward.weights is set too; keep one")
+        fns = [dict(e, sandbox=_level(e["sandbox"], f"reward.fns[{i}].sandbox"))
+               if isinstance(e, dict) and e.get("sandbox") is not None else e for i, e in enumerate(self.fns)]
+        object.__setattr__(self, "fns", fns)  # config.yaml shows levels, not the old booleans
+        object.__setattr__(self, "sandbox", _level(self.sandbox, "reward.sandbox"))
 
     def specs(self) -> list[dict[str, Any]]:
         """`fns` as spec dicts, `weights` folded in (reward.registry resolves them)."""
@@ -237,6 +248,15 @@ class RewardConfig:
                 spec["weight"] = w
             out.append(spec)
         return out
+
+
+def _level(value: Any, key: str) -> str:
+    from reward.sandbox import normalize_level  # the standard library only
+
+    try:
+        return normalize_level(value, key)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ _OPENRLHF = {
     "num_episodes": ("trainer.total_steps", "runs are counted in steps"),
     "save_path": ("trainer.output_dir", ""),
     "remote_rm_url": ("reward.fns", "a reward_func file plugs in unchanged: reward.fns=[file.py:reward_func]; an "
-                      "HTTP reward model is the `remote` built-in with sandbox: false"),
+                      "HTTP reward model is the `remote` built-in with sandbox: off"),
     "input_key": ("data.prompt_key", ""),
     "label_key": ("data.answer_key", ""),
     "apply_chat_template": ("data.chat_template", ""),

@@ -8,6 +8,7 @@ one-line error, before any model is loaded. Then the model alias is materialised
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -17,6 +18,8 @@ from typing import Any
 from launch.config import Config, ConfigError
 from launch.models import resolve_model
 from rollout.data import encode_prompts, load_rows
+
+log = logging.getLogger("rlvr")
 
 # rendered-prompt bookkeeping that must not reach reward functions as dataset columns
 _INTERNAL = ("prompt_ids", "prompt_text")
@@ -99,7 +102,8 @@ def probe_rewards(cfg: Config, tokenizer, splits: list[tuple[str, Any, list[dict
     lacks, or returning something that is not a reward fails here with its error, not after every sample
     of the first step. The row is the first (train, then eval) row whose data_source the function scores;
     the completion is the row's answer (or "0" without one). Also checks that every row's data_source is
-    scored by some function."""
+    scored by some function. A sandbox level the workers cannot reach (reward.sandbox, a function's own
+    `sandbox`) fails here, in seconds, with the workers' one-line refusal; the level in force is logged."""
     from reward import RewardRunner, resolve_specs
     from reward.registry import COMPLETION_IDS, SOURCE_PROMPT
 
@@ -132,6 +136,7 @@ def probe_rewards(cfg: Config, tokenizer, splits: list[tuple[str, Any, list[dict
                                   sandbox=rw.sandbox)
         except Exception as e:  # noqa: BLE001 - a worker that cannot import the functions: the user's to fix
             raise ConfigError(f"reward.fns: the reward workers could not start: {_last_line(str(e))}") from None
+        log.info("reward sandbox level: %s (reward.sandbox=%s)", runner.sandbox_level, rw.sandbox)
         with runner:
             results = runner.score([row for _, _, _, row in probes])
         failed = {}
@@ -146,8 +151,8 @@ def probe_rewards(cfg: Config, tokenizer, splits: list[tuple[str, Any, list[dict
             continue
         origin = _user_frame(rec.get("traceback") or "")
         hint = ""
-        if fns[j].sandbox is not False and rw.sandbox and "connect" in (rec.get("error") or "").lower():
-            hint = "; a function that needs the network runs with {sandbox: false} in its reward.fns entry"
+        if (fns[j].sandbox or rw.sandbox) in ("full", "userns") and "connect" in (rec.get("error") or "").lower():
+            hint = "; a function that needs the network runs with {sandbox: off} in its reward.fns entry"
         lines.append(f"reward.fns: {fns[j].name} ({fns[j].spec}, {fns[j].api} convention) failed on {where}: "
                      f"{rec['status']}: {rec['error']}{origin}{hint}")
     if lines:

@@ -4,8 +4,11 @@ The program is the last ```python fenced block of the completion (the whole comp
 has none). Each test runs in its own one-shot child (reward/sandbox.py run as a script) with
 rlimits, a wall-clock limit and capped output; the reward is the fraction of tests passed.
 Inside a RewardRunner worker the child nests in the worker's sandbox (no network, the worker's
-private /tmp and uid); called anywhere else it builds its own (see reward/sandbox.py). The
-row's `tests` column is one of:
+private /tmp and uid); called anywhere else it builds its own (see reward/sandbox.py), the
+strongest the OS allows. `code` requires level REQUIRED_SANDBOX (`userns`) or better: a runner
+configured below it refuses to start, and a call outside a sandbox that cannot build one raises
+SandboxUnavailable rather than run model-written code with the network and the runner's files
+in reach. The row's `tests` column is one of:
 
     ["assert add(1, 2) == 3", ...]                 assert snippets, run after the program
     [{"input": "1 2\\n", "output": "3\\n"}, ...]     stdin/stdout pairs (whitespace at line ends ignored)
@@ -39,7 +42,14 @@ TEST_TIMEOUT_S = 2.0
 """Wall-clock limit of one test; all tests together also stop before the call's deadline."""
 OUTPUT_CAP_BYTES = 1 << 20
 """A test's stdout beyond this fails the test (the child is killed)."""
-CHILD_LIMITS = sandbox.Limits(memory_mb=1024, file_size_mb=16, max_processes=16, tmpfs_mb=64)
+CHILD_LIMITS = sandbox.Limits(memory_mb=1024, file_size_mb=16, max_processes=16, tmpfs_mb=64, max_open_files=64)
+REQUIRED_SANDBOX = "userns"
+"""The weakest level `code` runs at: no network, private temporary directories (`full` adds a uid of its own).
+Not `full`, so that non-root users with unprivileged user namespaces can run it; not `rlimits`, where
+model-written code could reach the network and every temporary directory."""
+_PROBE: dict[str, str] = {}
+"""Outside a sandbox: "" once a child confined itself, or the refusal (checked once per process; keyed by
+sandbox.TEST_DENY_ENV, which tests set)."""
 
 _FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[ \t]*\n(.*?)```", re.DOTALL)
 
@@ -95,6 +105,7 @@ def code_reward(prompt: str, completion: str, *, tests: Any, **sample: Any) -> d
     """
     cases = parse_tests(tests)
     program = extract_code(completion)
+    _ensure_sandbox()
     end = time.monotonic() + time_left(default=len(cases) * TEST_TIMEOUT_S + 1.0) - 0.5
     passed = 0
     for case in cases:
@@ -106,18 +117,49 @@ def code_reward(prompt: str, completion: str, *, tests: Any, **sample: Any) -> d
             "num_tests": float(len(cases))}
 
 
+code_reward.required_sandbox = REQUIRED_SANDBOX  # type: ignore[attr-defined]  # read by RewardRunner
+
+
+def _child_env() -> dict[str, str]:
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    for name in (sandbox.ENV_LEVEL, sandbox.TEST_DENY_ENV):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def _ensure_sandbox() -> None:
+    """Outside a worker's namespaces, check once that a child can confine itself at REQUIRED_SANDBOX.
+
+    A probe child, not the test children: a solution that exits with REFUSED_RC must fail its test, not
+    turn into an error (errors are masked out of training)."""
+    if sandbox.inside_sandbox():
+        return
+    key = os.environ.get(sandbox.TEST_DENY_ENV, "")
+    if key not in _PROBE:
+        workdir = tempfile.mkdtemp(prefix="code-probe-")
+        job = {"limits": dict(vars(CHILD_LIMITS), cpu_s=10), "workdir": workdir, "level": REQUIRED_SANDBOX}
+        try:
+            proc = subprocess.run([sys.executable, "-I", sandbox.__file__], input=json.dumps(job).encode(),
+                                  capture_output=True, env=_child_env(), cwd=workdir, timeout=30)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        _PROBE[key] = "" if proc.returncode == 0 else (lines[-1] if lines else f"exit status {proc.returncode}")
+    if _PROBE[key]:
+        raise sandbox.SandboxUnavailable(f"code verifier: {_PROBE[key]}")
+
+
 def _run_case(program: str, case: dict[str, str], timeout_s: float) -> bool:
     nonce = secrets.token_hex(16)
     workdir = tempfile.mkdtemp(prefix="code-")
     limits = dict(vars(CHILD_LIMITS), cpu_s=timeout_s + 1)
-    job = {"limits": limits, "workdir": workdir, "solution": program, "nonce": nonce}
+    job = {"limits": limits, "workdir": workdir, "level": REQUIRED_SANDBOX, "solution": program, "nonce": nonce}
     if "test" in case:
         job.update(mode="assert", test=case["test"])
     else:
         job.update(mode="io", input=case["input"])
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-    if sandbox.ENV_LEVEL in os.environ:
-        env[sandbox.ENV_LEVEL] = os.environ[sandbox.ENV_LEVEL]
+    env = _child_env()
     try:
         argv = [sys.executable, "-I", sandbox.__file__]
         rc, out, timed_out = run_capped(argv, json.dumps(job).encode(), timeout_s, OUTPUT_CAP_BYTES, env, workdir)

@@ -19,6 +19,11 @@ retried after a backoff of START_RETRY_S, doubling with each failure in a row up
 START_RETRY_MAX_S; a successful start resets it. While no worker is up and the backoff runs, the
 calls of a batch fail at once with the last start error rather than wait; a later batch past
 the backoff tries again, so a transient cause (a file briefly missing, memory pressure) heals.
+
+Workers run at the pool's sandbox level exactly (reward/sandbox.py), or not at all: one that cannot
+reach it fails its start with the one-line refusal. Their environment is an allowlist
+(`worker_env`), not the parent's: secrets in the actor's environment (Ray tokens, WANDB_API_KEY,
+HF_TOKEN, AWS_*) never reach a reward function unless its entry names them in `env`.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from reward.protocol import ProtocolError, decode_reply, frame, pop_frame
 from reward.types import CallOutcome
 
 log = logging.getLogger("reward")
-_logged_notes: set[str] = set()  # degradations are logged once per process
+_logged_notes: set[str] = set()  # what a level does not give is logged once per process
 START_RETRY_S = 0.5
 """Wait after a failed worker start before the next; it doubles with each failure in a row."""
 START_RETRY_MAX_S = 30.0
@@ -76,9 +81,12 @@ class _Worker:
 class WorkerPool:
     def __init__(
         self, specs: list[dict[str, Any]], *, num_workers: int, limits: sandbox.Limits,
-        isolate: bool, startup_timeout_s: float = 60.0,
+        level: str = "full", env: Sequence[str] = (), startup_timeout_s: float = 60.0,
     ) -> None:
-        self._config = {"specs": specs, "limits": limits, "sandbox": isolate, "parent_pid": os.getpid()}
+        """`level`: the sandbox level every worker must reach (see reward/sandbox.py); `env`: names of
+        variables of this process passed to the workers besides the allowlist (a judge's API key)."""
+        self._level = sandbox.normalize_level(level)
+        self._config = {"specs": specs, "limits": limits, "sandbox": self._level, "parent_pid": os.getpid()}
         self._num_workers = num_workers
         self._startup_timeout_s = startup_timeout_s
         self._sel = selectors.DefaultSelector()
@@ -90,14 +98,14 @@ class WorkerPool:
         """No worker is spawned before this time.monotonic() (set by a failed start)."""
         self._timeouts: float | Sequence[float] = 0.0
         self.level: str | None = None
-        """Sandbox level the workers reached ("full", "userns", "rlimits", "off")."""
+        """Sandbox level of the running workers ("full", "userns", "rlimits", "off"): the pool's, once one started."""
         self.restarts = 0
         """Workers started to replace one that timed out, crashed, broke the protocol or failed to start."""
         self.start_failures = 0
         """Worker starts that failed (each is retried after the backoff)."""
         self.spawned_pids: list[int] = []
         """Every worker pid this pool started (for audits: the sandbox uid of each is base + pid)."""
-        self._env = _worker_env()
+        self._env_names = tuple(env)
 
     def start(self) -> None:
         """Start all workers and wait until each has imported its functions and is confined."""
@@ -156,7 +164,7 @@ class WorkerPool:
         proc = subprocess.Popen(
             [sys.executable, "-m", "reward.pool_worker", *map(str, fds)],
             pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            env=self._env, start_new_session=True,
+            env=worker_env(workdir, self._env_names), start_new_session=True,
             cwd=workdir,  # `-m` puts the cwd first on sys.path: a user's reward.py there would shadow `reward`
         )
         self.spawned_pids.append(proc.pid)
@@ -278,12 +286,15 @@ class WorkerPool:
             if not reply.get("ok"):
                 self._start_failed(w, str(reply.get("error")))
                 return
+            if reply.get("level") != self._level:  # cannot happen with reward/pool_worker.py: never run below it
+                self._start_failed(w, f"worker reports sandbox level {reply.get('level')!r}, not {self._level!r}")
+                return
             w.state, self._retry_s, self._next_start = "idle", START_RETRY_S, 0.0
-            self.level = str(reply.get("level"))
+            self.level = self._level
             for note in reply.get("notes") or []:
                 if note not in _logged_notes:
                     _logged_notes.add(note)
-                    log.warning("reward sandbox degraded (level %s): %s", self.level, note)
+                    log.info("reward sandbox level %s: %s", self.level, note)  # the configured level: no warning
             return
         if reply["type"] != "result" or w.state != "busy" or w.out or reply["id"] != w.task or outcomes is None:
             raise ProtocolError("unexpected message")
@@ -293,6 +304,8 @@ class WorkerPool:
         else:
             outcomes[w.task] = CallOutcome("error", error=reply["error"], traceback=reply["traceback"])
         w.state, w.task = "idle", None
+        if reply.get("retire") is True:  # it could not clean up after the call (e.g. no descriptor left)
+            self._kill(w)
 
     def _on_exit(self, w: _Worker, outcomes: list[CallOutcome | None] | None) -> None:
         if w.state == "starting":
@@ -332,7 +345,7 @@ class WorkerPool:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        if os.geteuid() == 0 and self._config["sandbox"]:
+        if os.geteuid() == 0 and self._level == "full":
             sandbox.kill_uid(sandbox.SANDBOX_UID_BASE + pid)  # escaped the group (setsid) or not
         for p in strays:
             try:
@@ -349,13 +362,28 @@ class WorkerPool:
         w.state = "dead"
 
 
-def _worker_env() -> dict[str, str]:
-    """The parent's environment, with its sys.path (so the same modules import, our package root first, the
-    parent's cwd included for the user's modules) and one thread per library."""
-    env = dict(os.environ)
+ENV_ALLOWLIST = ("PATH", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME", "PYTHONHOME", "PYTHONHASHSEED", "PYTHONUTF8",
+                 "PYTHONIOENCODING", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", sandbox.TEST_DENY_ENV)
+"""Variables a worker gets from the parent (if set), besides every LC_*; none of them holds a secret."""
+MANAGED_ENV = frozenset({"TMPDIR", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", sandbox.ENV_LEVEL})
+"""Variables the pool or the sandbox sets itself: a function's `env` may not name them (HOME it may: see
+worker_env)."""
+
+
+def worker_env(workdir: str, extra: Sequence[str] = ()) -> dict[str, str]:
+    """A worker's whole environment: the allowlist, LC_*, the `extra` names, HOME and TMPDIR in its private
+    directory, the parent's sys.path as PYTHONPATH (so the same modules import, our package root first, the
+    parent's cwd included for the user's modules) and one thread per library. With HOME among `extra`, the
+    imports see the parent's HOME (caches read at import time, e.g. ~/.cache/huggingface); the calls still
+    get the private directory (reward/sandbox.py sets HOME at confinement)."""
+    env = {k: v for k, v in os.environ.items() if k in ENV_ALLOWLIST or k.startswith("LC_")}
+    env.update({k: os.environ[k] for k in extra if k in os.environ})
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     paths = [package_root] + [p or os.getcwd() for p in sys.path]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+    env.setdefault("PATH", os.defpath)
+    if "HOME" not in extra or "HOME" not in os.environ:
+        env["HOME"] = workdir
+    env.update(TMPDIR=workdir, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false", PYTHONDONTWRITEBYTECODE="1")
     return env

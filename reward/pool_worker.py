@@ -1,7 +1,8 @@
 """One reward worker process: `python -m reward.pool_worker READ_FD WRITE_FD DUMP_FD` (see pool.py).
 
 It reads its configuration from the pipe, imports the reward functions (as the spawning user,
-so user files are readable), confines itself (reward/sandbox.py), says hello, then serves one
+so user files are readable), confines itself at the pool's level (reward/sandbox.py; a level it
+cannot reach is a failed start whose error is the one-line refusal), says hello, then serves one
 call at a time: run the function on a row, turn its return value into a reward or an error,
 kill whatever the call left running, clear its working directory, reply. Its stdout and stderr
 go to a file in its working directory, capped by the file-size rlimit; the end of that file is
@@ -42,9 +43,12 @@ def main(argv: list[str]) -> int:
     config = pickle.loads(frame)
     try:
         fns = resolve_specs(config["specs"])
-        info = sandbox.enter_sandbox(config["limits"], config["workdir"], isolate=config["sandbox"])
+        info = sandbox.enter_sandbox(config["limits"], config["workdir"], level=config["sandbox"])
         log_path = os.path.join(info.workdir, _LOG_NAME)
         _redirect_output(log_path)
+    except sandbox.SandboxUnavailable as exc:  # one line that says why and how; no traceback
+        write_frame(wfd, encode_reply({"type": "hello", "ok": False, "error": str(exc)}))
+        return 1
     except BaseException:  # noqa: BLE001 - report any startup failure to the parent, then exit
         write_frame(wfd, encode_reply({"type": "hello", "ok": False, "error": traceback.format_exc()}))
         return 1
@@ -60,14 +64,23 @@ def main(argv: list[str]) -> int:
         task = pickle.loads(frame)
         reply = _call(fns[task["fn"]], task["row"], task["timeout_s"], config["limits"], log_path)
         reply.update(type="result", id=task["id"])
-        _after_call(info, log_path)
+        try:
+            _after_call(info, log_path)
+            retire = False
+        except OSError:  # e.g. the call holds every descriptor it may open: no clean-up, so no next call here
+            retire = True
         faulthandler.register(signal.SIGUSR1, file=dump_fd, all_threads=True)  # the call may have replaced it
+        if retire:
+            reply["retire"] = True  # the parent sends nothing more and replaces this worker
         body = encode_reply(reply)
         if len(body) > MAX_REPLY_BYTES:
             too_big = f"the result is {len(body)} bytes of JSON, over the {MAX_REPLY_BYTES}-byte limit"
-            reply = {"type": "result", "id": task["id"], "status": "error", "error": too_big, "traceback": ""}
+            reply = {"type": "result", "id": task["id"], "status": "error", "error": too_big, "traceback": "",
+                     "retire": retire}
             body = encode_reply(reply)
         write_frame(wfd, body)
+        if retire:
+            return 1  # the parent replaces a worker that exits
 
 
 def _call(rfn: RewardFn, row: dict[str, Any], timeout_s: float, limits: sandbox.Limits, log_path: str) -> dict[str, Any]:
@@ -100,6 +113,8 @@ def _summary(exc: BaseException, limits: sandbox.Limits) -> str:
         return f"{text} (out of memory under memory_limit_mb={limits.memory_mb})"
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
         return f"{text} (wrote past the {limits.file_size_mb} MB file-size limit; printed output counts)"
+    if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+        return f"{text} (open-file limit max_open_files={limits.max_open_files} reached)"
     if isinstance(exc, OSError) and exc.errno == errno.EAGAIN and _raised_by_fork(exc):
         return f"{text} (process limit max_processes={limits.max_processes} reached)"
     return text

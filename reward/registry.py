@@ -8,12 +8,15 @@ A spec names a function three ways:
 
 `RewardRunner` takes a list of specs, each a string or a dict of options:
 
-    {"fn": spec, "name": "metric_name", "weight": 1.0, "timeout_s": 10, "sandbox": true,
-     "data_sources": ["gsm8k"], "api": "auto", "args": {"url": "http://judge:8000"}}
+    {"fn": spec, "name": "metric_name", "weight": 1.0, "timeout_s": 10, "sandbox": "full",
+     "data_sources": ["gsm8k"], "api": "auto", "args": {"url": "http://judge:8000"}, "env": ["JUDGE_KEY"]}
 
 `data_sources` routes the function to the rows whose `data_source` column is one of them (the
 others skip it); `args` are keyword arguments bound to every call; `timeout_s` and `sandbox`
-override the runner's for this function.
+(a level: full, userns, rlimits or off; true/false mean full/off) override the runner's for this
+function; `env` names environment variables its workers get besides the allowlist (reward/pool.py),
+e.g. a judge's API key. A function object may carry `required_sandbox = "<level>"`: the weakest
+level it runs at (the `code` verifier: userns); RewardRunner refuses to start it below that.
 
 Four calling conventions are recognised by signature (`api: auto`), so a function written for
 another system plugs in unchanged:
@@ -39,6 +42,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from reward.sandbox import normalize_level
 from reward.types import RewardValueError
 from rl.registry import PluginError, is_file_spec, load_object
 
@@ -65,7 +69,8 @@ COMPLETION_IDS = "_completion_ids"
 """Row key of the completion's token ids (TRL's `completion_ids`)."""
 _INTERNAL_KEYS = (SOURCE_PROMPT, COMPLETION_IDS)
 _ROW_TEXT_KEYS = ("prompt", "completion", *_INTERNAL_KEYS)
-_SPEC_KEYS = ("fn", "weight", "name", "timeout_s", "sandbox", "data_sources", "api", "args")
+_SPEC_KEYS = ("fn", "weight", "name", "timeout_s", "sandbox", "data_sources", "api", "args", "env")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 APIS = ("auto", "native", "verl", "trl", "openrlhf")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _SIGNATURE_HINT = "def my_reward(prompt: str, completion: str, *, answer: str, **sample) -> float | dict"
@@ -93,14 +98,21 @@ class RewardFn:
     """Calling convention: native, verl, trl or openrlhf (see the module docstring)."""
     timeout_s: float | None = None
     """Per-call deadline of this function (None: the runner's)."""
-    sandbox: bool | None = None
-    """Whether its worker is confined (None: the runner's setting)."""
+    sandbox: str | None = None
+    """Sandbox level of its workers: full, userns, rlimits or off (None: the runner's)."""
     data_sources: frozenset[str] | None = None
     """The `data_source` values it scores (None: every row)."""
     args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments bound to every call."""
     accepts: frozenset[str] = frozenset()
     """Every parameter name of the function (a convention's own arguments are passed only if it takes them)."""
+    env: tuple[str, ...] = ()
+    """Environment variables its workers get besides the allowlist (reward/pool.py ENV_ALLOWLIST)."""
+
+    @property
+    def required_sandbox(self) -> str | None:
+        """The weakest sandbox level the function runs at (its `required_sandbox` attribute), if it declares one."""
+        return getattr(self.fn, "required_sandbox", None)
 
     def applies(self, row: dict[str, Any]) -> bool:
         return self.data_sources is None or str(row.get("data_source")) in self.data_sources
@@ -282,8 +294,16 @@ def _parse_entry(i: int, entry: str | dict[str, Any]) -> dict[str, Any]:
                                 or not math.isfinite(timeout) or timeout <= 0):
         raise RewardSpecError(f"{where}: timeout_s must be a positive number of seconds, got {timeout!r}")
     sandbox = entry.get("sandbox")
-    if sandbox is not None and not isinstance(sandbox, bool):
-        raise RewardSpecError(f"{where}: sandbox must be true or false, got {sandbox!r}")
+    if sandbox is not None:
+        try:
+            sandbox = normalize_level(sandbox, "sandbox")
+        except ValueError as exc:
+            raise RewardSpecError(f"{where}: {exc}") from None
+    env = entry.get("env") or []
+    if isinstance(env, str):
+        env = [env]
+    if not isinstance(env, (list, tuple)) or not all(isinstance(n, str) and _ENV_NAME_RE.match(n) for n in env):
+        raise RewardSpecError(f"{where}: env must be a list of environment variable names, got {env!r}")
     sources = entry.get("data_sources")
     if sources is not None:
         if isinstance(sources, str):
@@ -299,14 +319,14 @@ def _parse_entry(i: int, entry: str | dict[str, Any]) -> dict[str, Any]:
         raise RewardSpecError(f"{where}: args must be a mapping of keyword arguments, got {args!r}")
     return {"fn": entry["fn"], "weight": float(weight), "name": entry.get("name"),
             "timeout_s": None if timeout is None else float(timeout), "sandbox": sandbox, "data_sources": sources,
-            "api": api, "args": dict(args)}
+            "api": api, "args": dict(args), "env": tuple(dict.fromkeys(env))}
 
 
 def spec_dict(fn: RewardFn) -> dict[str, Any]:
     """The spec entry that resolves to `fn` again (in a process with another working directory too)."""
     return {"fn": absolute_spec(fn.spec), "weight": fn.weight, "name": fn.name, "timeout_s": fn.timeout_s,
             "sandbox": fn.sandbox, "data_sources": None if fn.data_sources is None else sorted(fn.data_sources),
-            "api": fn.api, "args": dict(fn.args)}
+            "api": fn.api, "args": dict(fn.args), "env": list(fn.env)}
 
 
 def _default_name(spec: str) -> str:

@@ -1,6 +1,6 @@
 """Rewards that need the network: an LLM judge or a reward model behind HTTP.
 
-    reward.fns=[{fn: remote, sandbox: false, timeout_s: 60,
+    reward.fns=[{fn: remote, sandbox: off, timeout_s: 60,
                  args: {url: "http://judge:8000/score", retries: 3}}]
 
 `remote_reward` POSTs one sample as JSON, {"prompt", "completion", "columns": {dataset columns}},
@@ -12,7 +12,7 @@ Retries come from urllib3's `Retry` (connection errors, and 429/500/502/503/504 
 exponential back-off, honouring Retry-After), mounted on a `requests` session kept per worker
 process. Every request's timeout is the time left of the call's deadline (`reward.time_left`),
 so retries never outlive the reward timeout. The sandbox blocks the network: such a function
-needs `sandbox: false` in its entry (the start-up check says so when it cannot connect).
+needs `sandbox: off` in its entry (the start-up check says so when it cannot connect).
 """
 
 from __future__ import annotations

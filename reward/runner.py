@@ -14,13 +14,14 @@ file. In the training loop each Ray reward actor (reward/worker.py) owns one run
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
-from reward import sandbox
+from reward import sandbox as sandbox_module
 from reward.metrics import combine
-from reward.pool import WorkerPool
+from reward.pool import MANAGED_ENV, WorkerPool
 from reward.quarantine import append_records, quarantine_record
-from reward.registry import RewardFn, resolve_specs, spec_dict
+from reward.registry import RewardFn, RewardSpecError, resolve_specs, spec_dict
 from reward.types import CallOutcome, RewardResult
 
 
@@ -34,13 +35,18 @@ class RewardRunner:
         num_workers: worker processes (calls run concurrently across them, one per worker).
         quarantine_path: JSONL file that gets one line per failed call (None: not written).
         memory_limit_mb: address-space rlimit of each worker (None: unlimited).
-        sandbox: confine workers (no network, private /tmp, own uid, writes only in their
-            directory). False keeps only rlimits, deadlines and process isolation, for functions
-            that need the network (an LLM judge, say).
+        sandbox: the isolation level of the workers, exactly (reward/sandbox.py): "full" (no
+            network, private /tmp, own uid, writes only in their directory; needs root), "userns"
+            (the same namespaces, the runner's uid), "rlimits" (limits only) or "off" (an explicit
+            no, for functions that need the network, e.g. an LLM judge); True/False mean full/off.
+            Workers that cannot reach it refuse to start (RewardWorkerError, one line on how to get
+            it); a function's own `sandbox` overrides it, and one below a function's
+            `required_sandbox` (the `code` verifier: userns) is a RewardSpecError.
         error_reward: reward given to error/timeout samples (their status stays error/timeout);
             None (default) so that a failure is never scored as a wrong answer.
         file_size_limit_mb: largest file a worker may write; printed output counts.
         max_processes: processes (and threads) a worker may have at once.
+        max_open_files: file descriptors a worker may hold (RLIMIT_NOFILE).
         startup_timeout_s: how long a worker may take to import its functions.
     """
 
@@ -52,10 +58,11 @@ class RewardRunner:
         quarantine_path: str | None = None,
         *,
         memory_limit_mb: int | None = 4096,
-        sandbox: bool = True,
+        sandbox: str | bool = "full",
         error_reward: float | None = None,
         file_size_limit_mb: int = 64,
         max_processes: int = 64,
+        max_open_files: int = 256,
         startup_timeout_s: float = 60.0,
     ) -> None:
         if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
@@ -66,27 +73,34 @@ class RewardRunner:
             raise ValueError(
                 f"RewardRunner: memory_limit_mb={memory_limit_mb} is too small for a Python worker; use >= 256 or None"
             )
+        if not isinstance(max_open_files, int) or isinstance(max_open_files, bool) or max_open_files < 32:
+            raise ValueError(f"RewardRunner: max_open_files must be an integer >= 32, got {max_open_files!r}")
+        level = sandbox_module.normalize_level(sandbox, "RewardRunner: sandbox")
         self.fns: list[RewardFn] = resolve_specs(specs)
+        check_levels(self.fns, level)
         self.timeout_s = float(timeout_s)
         self.quarantine_path = quarantine_path
         self.error_reward = error_reward
         self.counts = {"calls": 0, "ok": 0, "error": 0, "timeout": 0}
         """Calls scored since construction, by status."""
-        limits = sandbox_limits(memory_limit_mb, file_size_limit_mb, max_processes)
-        # one pool per sandbox setting: a function with {"sandbox": false} (an LLM judge) gets unconfined workers
-        groups: dict[bool, list[int]] = {}
+        limits = sandbox_limits(memory_limit_mb, file_size_limit_mb, max_processes, max_open_files)
+        # one pool per (level, env): a function with {"sandbox": "off"} (an LLM judge) gets unconfined workers,
+        # and a variable named in one function's `env` reaches only the workers of the functions that name it
+        groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
         for j, f in enumerate(self.fns):
-            groups.setdefault(sandbox if f.sandbox is None else f.sandbox, []).append(j)
+            groups.setdefault((f.sandbox or level, tuple(sorted(f.env))), []).append(j)
         self._route: list[tuple[int, int]] = [(0, 0)] * len(self.fns)
         """fn index -> (pool index, the fn's index in that pool)."""
         self._pools: list[WorkerPool] = []
         self._timeouts: list[list[float]] = []
-        for isolate, members in sorted(groups.items(), reverse=True):
+        strongest_first = sorted(groups.items(), key=lambda g: (-sandbox_module.level_rank(g[0][0]), g[0][1]))
+        for (pool_level, env), members in strongest_first:
             for local, j in enumerate(members):
                 self._route[j] = (len(self._pools), local)
             self._timeouts.append([self.fns[j].timeout_s or self.timeout_s for j in members])
             self._pools.append(WorkerPool([spec_dict(self.fns[j]) for j in members], num_workers=num_workers,
-                                          limits=limits, isolate=isolate, startup_timeout_s=startup_timeout_s))
+                                          limits=limits, level=pool_level, env=env,
+                                          startup_timeout_s=startup_timeout_s))
         self._spawned_pids = [p.spawned_pids for p in self._pools]  # the pools' own lists: readable after close()
         self._closed = False
         try:
@@ -98,11 +112,11 @@ class RewardRunner:
 
     @property
     def sandbox_level(self) -> str | None:
-        """"full", "userns", "rlimits" or "off": what the workers could apply (see reward/sandbox.py); with
-        functions on both settings, the confined workers' level and `+off`."""
+        """"full", "userns", "rlimits" or "off": the level the workers run at (see reward/sandbox.py); with
+        functions at several levels, each once, strongest first joined by "+" (e.g. "full+off")."""
         if self._closed:
             return None
-        return "+".join(p.level or "?" for p in self._pools)
+        return "+".join(dict.fromkeys(p.level or "?" for p in self._pools))
 
     @property
     def worker_restarts(self) -> int:
@@ -178,8 +192,36 @@ class RewardRunner:
             pass
 
 
-def sandbox_limits(memory_limit_mb: int | None, file_size_limit_mb: int, max_processes: int) -> sandbox.Limits:
-    return sandbox.Limits(
+def sandbox_limits(memory_limit_mb: int | None, file_size_limit_mb: int, max_processes: int,
+                   max_open_files: int = 256) -> sandbox_module.Limits:
+    return sandbox_module.Limits(
         memory_mb=memory_limit_mb, file_size_mb=file_size_limit_mb, max_processes=max_processes,
-        tmpfs_mb=max(64, 2 * file_size_limit_mb),
+        tmpfs_mb=max(64, 2 * file_size_limit_mb), max_open_files=max_open_files,
     )
+
+
+def check_levels(fns: list[RewardFn], level: str) -> None:
+    """RewardSpecError for a function set below the level it requires, or naming an `env` variable that is not
+    set (or one the pool sets itself), before any worker starts."""
+    for f in fns:
+        where = f"reward fn {f.name!r} ({f.spec})"
+        required = f.required_sandbox
+        if required is not None:
+            try:
+                required = sandbox_module.normalize_level(required, "required_sandbox")
+            except ValueError as exc:
+                raise RewardSpecError(f"{where}: its {exc}") from None
+            have = f.sandbox or level
+            if sandbox_module.level_rank(have) < sandbox_module.level_rank(required):
+                source = "its own `sandbox`" if f.sandbox else "reward.sandbox"
+                raise RewardSpecError(
+                    f"{where} requires sandbox level {required} or stronger, but runs at {have} ({source}); set "
+                    f"{{sandbox: {required}}} in its entry or reward.sandbox={required} (level full needs root, "
+                    "userns unprivileged user namespaces; see docs/reward.md, Isolation)")
+        managed = sorted(set(f.env) & MANAGED_ENV)
+        if managed:
+            raise RewardSpecError(f"{where}: env {managed}: set by the reward pool itself; name other variables")
+        missing = [name for name in f.env if name not in os.environ]
+        if missing:
+            raise RewardSpecError(f"{where}: env names {missing}, not set in this process's environment; set "
+                                  "them where the run starts (the reward actors inherit it) or drop them from `env`")

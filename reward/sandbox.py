@@ -3,7 +3,9 @@
 `enter_sandbox` is called inside the process to be confined, after it has imported what it
 needs: by each reward worker process (reward/pool_worker.py) before it takes any call, and by
 the one-shot child that runs a completion's code for the `code` verifier (this file run as a
-script, see `_child_main`). It applies the strongest isolation the OS allows:
+script, see `_child_main`). It applies the level it is asked for, or none at all: a level that
+cannot be reached raises `SandboxUnavailable` (one line: the level reached, why, how to get the
+one asked for), so nothing runs below the configured level. Levels, weakest first (LEVELS):
 
   full    (root)       new network namespace (no interface is up: no network at all), new mount
                        namespace with private tmpfs over /tmp, /var/tmp, /dev/shm and /run/lock,
@@ -12,12 +14,16 @@ script, see `_child_main`). It applies the strongest isolation the OS allows:
                        found and killed by uid.
   userns  (non-root)   the same namespaces through an unprivileged user namespace; the process
                        keeps the caller's uid, so it can still write where the caller can.
-  rlimits              only rlimits and a private working directory (namespaces refused).
-  off                  sandbox disabled by the caller: rlimits and a working directory only.
+  rlimits              only rlimits and a private working directory (no namespaces are tried).
+  off                  no sandbox, by explicit choice (e.g. an LLM judge that needs the network):
+                       the same rlimits and working directory as `rlimits`; a function that
+                       declares a minimum level (`required_sandbox`) refuses it.
 
-Every level sets rlimits on address space, file size, process count and core dumps. What was
-given up is returned in `SandboxInfo.notes`; callers log it once. This file imports only the
-standard library, because the code child runs it with `python -I` outside the package.
+Every level sets rlimits on address space, file size, process count, open files and core
+dumps. `SandboxInfo.notes` says what the level in force does not give. The environment variable
+TEST_DENY_ENV (tests only) makes a level unreachable honestly: the named paths are not tried.
+This file imports only the standard library, because the code child runs it with `python -I`
+outside the package.
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ SANDBOX_UID_BASE = 2_000_000
 """Sandboxed processes run as uid SANDBOX_UID_BASE + their pid: unique while they live."""
 ENV_LEVEL = "REWARD_SANDBOX_LEVEL"
 """Set in a confined process so that a nested child knows it already runs inside a sandbox."""
+LEVELS = ("off", "rlimits", "userns", "full")
+"""Isolation levels, weakest first (see the module docstring)."""
+TEST_DENY_ENV = "REWARD_SANDBOX_TEST_DENY"
+"""Tests only: comma-separated paths not to try, `root` (level full) and/or `userns` (user namespaces), so
+that a test can ask for a level this machine could reach and see the refusal. Said in the notes when set."""
 
 _CLONE_NEWNS, _CLONE_NEWUSER, _CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 1, 2, 4, 32
@@ -61,6 +72,35 @@ class Limits:
     """RLIMIT_CPU hard limit in seconds (one-shot children); workers set a soft limit per call."""
     tmpfs_mb: int = 256
     """Size of the private /tmp (levels full and userns)."""
+    max_open_files: int = 256
+    """RLIMIT_NOFILE: file descriptors a process may hold (raised to what it already holds + 32 if that is
+    more: a worker keeps its pipes and what its reward module opened at import)."""
+
+
+class SandboxUnavailable(RuntimeError):
+    """The required isolation level cannot be reached here; the message is one line saying why and how."""
+
+
+def normalize_level(value: object, where: str = "sandbox") -> str:
+    """A level name from config: one of LEVELS, or the old booleans (true = full, false = off).
+
+    >>> normalize_level(True), normalize_level("False"), normalize_level(" userns ")
+    ('full', 'off', 'userns')
+    """
+    if isinstance(value, bool):
+        return "full" if value else "off"
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in LEVELS:
+            return text
+        if text in ("true", "false"):  # a YAML bool read into a string field
+            return "full" if text == "true" else "off"
+    raise ValueError(f"{where}={value!r}: use one of {', '.join(LEVELS[::-1])} (true means full, false means off)")
+
+
+def level_rank(level: str) -> int:
+    """Position in LEVELS: a higher rank isolates more."""
+    return LEVELS.index(level)
 
 
 @dataclasses.dataclass
@@ -72,41 +112,91 @@ class SandboxInfo:
     workdir: str
     """Private working directory (the cwd; also HOME and TMPDIR)."""
     notes: list[str]
-    """What could not be applied, in words; empty at level full."""
+    """What the level in force does not give, in words; empty at level full."""
 
 
-def enter_sandbox(limits: Limits, workdir: str, *, isolate: bool = True) -> SandboxInfo:
-    """Confine this process as far as the OS allows; must run while it has a single thread.
+def enter_sandbox(limits: Limits, workdir: str, *, level: str = "full", at_least: bool = False) -> SandboxInfo:
+    """Confine this process at `level`, or raise SandboxUnavailable. Namespaces are tried only while the process
+    has a single thread (unshare() moves the calling thread only), so `full` and `userns` refuse otherwise.
 
-    `workdir` is a directory the spawner created and will delete; it becomes the working
-    directory at levels where no private tmpfs can be mounted.
+    With `at_least`, the strongest level the OS allows is applied and only one below `level` is refused (the
+    `code` verifier's children outside a worker). Inside a sandbox already (a nested child), the parent's
+    namespaces and uid apply. `workdir` is a directory the spawner created and will delete; it becomes the
+    working directory at levels where no private tmpfs can be mounted.
     """
+    level = normalize_level(level)
     notes: list[str] = []
     inherited = os.environ.get(ENV_LEVEL)
-    if not isolate:
-        level = "off"
-    elif inherited in ("full", "userns"):
-        level = inherited  # nested: the namespaces and uid of the parent sandbox already apply
+    if inherited in ("full", "userns"):
+        reached = inherited  # nested: the namespaces and uid of the parent sandbox already apply
+    elif level in ("off", "rlimits") and not at_least:
+        reached = level
     else:
-        level = _enter_namespaces(limits, notes)
-        if level in ("full", "userns"):
+        reached = _enter_namespaces(limits, notes, ceiling="full" if at_least else level)
+        if reached in ("full", "userns"):
             workdir = "/tmp/work"
             os.mkdir(workdir, 0o700)
-    uid = SANDBOX_UID_BASE + os.getpid() if level == "full" and inherited is None else os.getuid()
-    if level == "full" and inherited is None:
+    if level_rank(reached) < level_rank(level):
+        raise SandboxUnavailable(refusal_message(level, reached, notes))
+    if reached in ("userns", "rlimits", "off") and not notes:
+        notes.append(_WEAKNESS[reached])
+    own_uid = reached == "full" and inherited is None
+    uid = SANDBOX_UID_BASE + os.getpid() if own_uid else os.getuid()
+    if own_uid:
         os.chown(workdir, uid, uid)
-    _set_rlimits(limits, exact_nproc=level == "full")
+    _set_rlimits(limits, exact_nproc=reached == "full")
     os.chdir(workdir)
-    os.environ.update(HOME=workdir, TMPDIR=workdir, **{ENV_LEVEL: level})
+    os.environ.update(HOME=workdir, TMPDIR=workdir, **{ENV_LEVEL: reached})
     tempfile.tempdir = None  # re-read TMPDIR
-    if level == "full" and inherited is None:
+    if own_uid:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
     # No setuid binary may give privileges back; orphans re-parent to us so we can reap them.
     _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    return SandboxInfo(level=level, uid=uid, workdir=workdir, notes=notes)
+    return SandboxInfo(level=reached, uid=uid, workdir=workdir, notes=notes)
+
+
+_WEAKNESS = {
+    "userns": "no separate uid: writes are possible wherever the runner's user can write",
+    "rlimits": "no namespaces: network is reachable and writes go wherever the runner's user can write",
+    "off": "sandbox off: network is reachable and writes go wherever the runner's user can write",
+}
+
+
+def refusal_message(required: str, reached: str, notes: list[str]) -> str:
+    """One line: the level required, the one reached and why, how to get the required one, the way out."""
+    why = "; ".join(notes) or "no reason recorded"
+    if reached == "rlimits" and _threads() > 1 and required in ("full", "userns"):
+        how = "start no thread while the reward module is imported (start it in the first call instead)"
+    elif required == "full" and (os.geteuid() != 0 or "root" in _denied()):
+        how = ("run the reward workers as root (e.g. in a container; a rootless container needs a spare uid mapped "
+               "for the sandbox)")
+    elif required == "full" and reached == "userns":
+        how = ("map more uids into this user namespace (a rootless container with a subuid range) so the sandbox "
+               "gets a uid of its own")
+    elif os.geteuid() == 0:
+        how = ("allow namespaces and mounts for root in this container (e.g. docker --cap-add SYS_ADMIN "
+               "--security-opt seccomp=unconfined --security-opt apparmor=unconfined)")
+    else:
+        how = ("enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 on Debian, "
+               "kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu 23.10+, user.max_user_namespaces > 0; "
+               "a container must allow unshare), or run as root")
+    return (f"reward sandbox: level {required} is required but only {reached} can be reached here ({why}); "
+            f"to get {required}: {how}; or choose a lower level explicitly (reward.sandbox={reached}, or "
+            f"sandbox: {reached} in the function's reward.fns entry)")
+
+
+def _denied() -> set[str]:
+    return {p.strip() for p in os.environ.get(TEST_DENY_ENV, "").split(",") if p.strip()}
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
 
 
 def inside_sandbox() -> bool:
@@ -114,8 +204,17 @@ def inside_sandbox() -> bool:
     return os.environ.get(ENV_LEVEL) in ("full", "userns")
 
 
-def _enter_namespaces(limits: Limits, notes: list[str]) -> str:
-    if os.geteuid() == 0:
+def _enter_namespaces(limits: Limits, notes: list[str], *, ceiling: str) -> str:
+    """Enter the strongest level up to `ceiling` ("full" or "userns") that works; the level reached."""
+    denied = _denied()
+    if denied:
+        notes.append(f"{TEST_DENY_ENV}={','.join(sorted(denied))} (a test knob): those paths were not tried")
+    threads = _threads()
+    if threads > 1:  # unshare() moves only the calling thread: the others would stay in the host's namespaces
+        notes.append(f"the process has {threads} threads (a reward module that starts threads at import time?), "
+                     "and unshare() confines only the calling thread: namespaces were not tried")
+        return "rlimits"
+    if ceiling == "full" and os.geteuid() == 0 and "root" not in denied:
         own_uid = _uid_mapped(SANDBOX_UID_BASE + os.getpid())
         try:
             _check(_libc.unshare(_CLONE_NEWNS | _CLONE_NEWNET), "unshare(NEWNS|NEWNET)")
@@ -127,7 +226,11 @@ def _enter_namespaces(limits: Limits, notes: list[str]) -> str:
                          "so writes are possible wherever the runner can write")
             return "userns"
         except OSError as exc:
-            notes.append(f"running as root but namespaces failed ({exc}); trying a user namespace")
+            notes.append(f"running as root but namespaces failed ({exc})")
+    elif ceiling == "full" and os.geteuid() != 0:
+        notes.append("not root: level full needs root (a uid of its own for the sandbox)")
+    if "userns" in denied:
+        return "rlimits"
     uid, gid = os.getuid(), os.getgid()
     try:
         _check(_libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWNET), "unshare(NEWUSER|NEWNS|NEWNET)")
@@ -135,10 +238,10 @@ def _enter_namespaces(limits: Limits, notes: list[str]) -> str:
         _write("/proc/self/uid_map", f"0 {uid} 1")
         _write("/proc/self/gid_map", f"0 {gid} 1")
         _private_mounts(limits, notes, expose=False)
-        notes.append("not root: no separate uid, so writes are possible wherever the runner's user can write")
+        notes.append(_WEAKNESS["userns"])
         return "userns"
     except OSError as exc:
-        notes.append(f"no namespaces ({exc}): network is reachable and writes go wherever the runner's user can write")
+        notes.append(f"no user namespace ({exc})")
         return "rlimits"
 
 
@@ -221,8 +324,16 @@ def _set_rlimits(limits: Limits, *, exact_nproc: bool) -> None:
     # RLIMIT_NPROC counts every process of the uid: only exact when the uid is ours alone.
     nproc = limits.max_processes if exact_nproc else _count_uid_tasks(os.getuid()) + limits.max_processes
     _setrlimit(resource.RLIMIT_NPROC, nproc)
+    _setrlimit(resource.RLIMIT_NOFILE, max(limits.max_open_files, _highest_fd() + 1 + 32))
     if limits.cpu_s is not None:
         _setrlimit(resource.RLIMIT_CPU, int(limits.cpu_s) + 1)
+
+
+def _highest_fd() -> int:
+    try:
+        return max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    except (OSError, ValueError):
+        return 2
 
 
 def _setrlimit(which: int, value: int) -> None:
@@ -357,18 +468,29 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
+REFUSED_RC = 3
+"""Exit status of a one-shot child that could not reach its level (before any job code ran)."""
+
+
 def _child_main() -> int:
     """One-shot child of the `code` verifier: read a JSON job on stdin, confine, run it.
 
-    The job is {"limits", "workdir", "mode": "assert"|"io", "solution", "test", "input", "nonce"}.
-    In "assert" mode the nonce is printed only after the solution and the test ran to the end,
+    The job is {"limits", "workdir", "level", "mode": "assert"|"io", "solution", "test", "input", "nonce"}; it
+    is confined at `level` or better (a refusal exits with REFUSED_RC, its message on stderr). Without a
+    "mode" it only confines itself and exits 0 (a probe). In "assert" mode the nonce is printed only after the solution and the test ran to the end,
     so a solution that exits early (sys.exit(0), os._exit(0)) does not pass.
     """
     import io
     import json
 
     job = json.loads(sys.stdin.buffer.read())
-    enter_sandbox(Limits(**job["limits"]), job["workdir"])
+    try:
+        enter_sandbox(Limits(**job["limits"]), job["workdir"], level=job.get("level", "full"), at_least=True)
+    except SandboxUnavailable as exc:
+        sys.stderr.write(f"{exc}\n")
+        return REFUSED_RC
+    if "mode" not in job:
+        return 0
     sys.stdin = io.TextIOWrapper(io.BytesIO(job.get("input", "").encode()))
     return _run_job(job.pop("mode"), job.pop("solution"), job.pop("test", ""), job.pop("nonce", ""))
 

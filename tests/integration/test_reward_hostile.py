@@ -27,6 +27,8 @@ from reward.sandbox import SANDBOX_UID_BASE
 TIMEOUT_S = 2.0
 MARGIN_S = 3.0  # worker kill + replacement start, on a loaded 2-core machine
 SPEC = f"{os.path.abspath(__file__)}:hostile"
+PLANTED = "planted-secret-5d1e"
+SECRETS = ("WANDB_API_KEY", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "RAY_PLANTED_TOKEN")
 
 
 def hostile(prompt: str, completion: str, *, answer: str, case: str, port: int = 0, targets: tuple = (), **sample):
@@ -76,6 +78,18 @@ def hostile(prompt: str, completion: str, *, answer: str, case: str, port: int =
         time.sleep(10**6)
     if case == "exit":
         os._exit(0)
+    if case == "env_secret":  # the actor's secrets, in our environment or the parent's /proc/PID/environ
+        seen = "".join(os.environ.values())
+        try:
+            with open(f"/proc/{os.getppid()}/environ", "rb") as f:
+                seen += f.read().decode(errors="replace")
+        except OSError:
+            pass
+        if PLANTED in seen:
+            return 1.0  # a secret got through: the test sees status ok and fails
+        raise LookupError("no planted secret visible")
+    if case == "open_files":
+        return float(len([os.open("/dev/null", os.O_RDONLY) for _ in range(1000)]))
     if case == "print_100mb":
         line = "x" * (1 << 20)
         for _ in range(100):
@@ -115,6 +129,8 @@ EXPECTED = {
     "print_100mb": ("error", "file-size limit"),
     "forge_reply": ("error", "malformed reply"),
     "exit": ("error", "exit code 0"),
+    "env_secret": ("error", "no planted secret visible"),
+    "open_files": ("error", "open-file limit max_open_files=256"),
 }
 
 
@@ -178,7 +194,9 @@ def write_targets(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the full sandbox (own uid, namespaces) needs root")
-def test_hostile_batch(tmp_path, listener, write_targets, own_children):
+def test_hostile_batch(tmp_path, listener, write_targets, own_children, monkeypatch):
+    for name in SECRETS:  # in the runner's environment, as on a Ray actor; the workers must not see them
+        monkeypatch.setenv(name, PLANTED)
     port = listener.getsockname()[1]
     rows = []
     for k, case in enumerate(EXPECTED):
@@ -219,7 +237,7 @@ def test_hostile_batch(tmp_path, listener, write_targets, own_children):
         # The replaced workers score the next batch normally.
         again = runner.score([{"prompt": "p", "completion": "y", "answer": "y", "case": "good"}] * 6)
         assert [r.reward for r in again] == [1.0] * 6
-        assert runner.worker_restarts == 6  # 3 timed out, segfault, forged reply, exit
+        assert runner.worker_restarts == 7  # 3 timed out, segfault, forged reply, exit, no descriptor left
     finally:
         runner.close()
     assert not own_children()

@@ -67,7 +67,8 @@ def test_config_frame_for_a_stalled_worker_fails_the_start_at_its_timeout(tmp_pa
         "    os.kill(os.getpid(), signal.SIGSTOP)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))  # the workers get the parent's sys.path
-    monkeypatch.setenv("REWARD_TEST_STOP_WORKER", "1")
+    monkeypatch.setenv("REWARD_TEST_STOP_WORKER", "1")  # named in `env`: workers get only an allowlist otherwise
+    specs = [dict(spec, env=["REWARD_TEST_STOP_WORKER"]) for spec in specs]
     before = psutil.Process().children()
     start = time.monotonic()
     with pytest.raises(RewardWorkerError, match="no hello within 2 s"):
