@@ -14,7 +14,6 @@ file. In the training loop each Ray reward actor (reward/worker.py) owns one run
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 import os
 from typing import Any
 
@@ -141,8 +140,8 @@ class RewardRunner:
 
     def score(self, rows: list[dict[str, Any]]) -> list[RewardResult]:
         """One RewardResult per row, in order. Not thread-safe: one batch at a time. A function routed to
-        other data sources (`data_sources`) is not called on a row. The pools of different sandbox settings
-        (and environments) run at the same time, one thread each, so a slow judge overlaps the local functions."""
+        other data sources (`data_sources`) is not called on a row; pools with different sandbox settings
+        run one after the other."""
         if self._closed:
             raise RuntimeError("RewardRunner.score() after close()")
         for i, row in enumerate(rows):
@@ -153,20 +152,11 @@ class RewardRunner:
                     f"RewardRunner.score: row {i} must be a dict with str 'prompt' and 'completion' (got {shown})"
                 )
         outcomes: dict[tuple[int, int], CallOutcome] = {}
-        work = []
         for p, pool in enumerate(self._pools):
             keys = [(i, j) for i, row in enumerate(rows) for j, f in enumerate(self.fns)
                     if self._route[j][0] == p and f.applies(row)]
-            if keys:
-                work.append((pool, keys, [(self._route[j][1], rows[i]) for i, j in keys], self._timeouts[p]))
-        if len(work) == 1:
-            pool, keys, tasks, timeouts = work[0]
-            outcomes.update(zip(keys, pool.run(tasks, timeouts)))
-        elif work:  # each pool has its own selector and workers: nothing is shared between the threads
-            with ThreadPoolExecutor(len(work), thread_name_prefix="reward-pool") as threads:
-                futures = [(keys, threads.submit(pool.run, tasks, timeouts)) for pool, keys, tasks, timeouts in work]
-                for keys, future in futures:
-                    outcomes.update(zip(keys, future.result()))
+            done = pool.run([(self._route[j][1], rows[i]) for i, j in keys], self._timeouts[p])
+            outcomes.update(zip(keys, done))
         results, records = [], []
         for i, row in enumerate(rows):
             row_outcomes = [outcomes.get((i, j)) for j in range(len(self.fns))]

@@ -228,26 +228,3 @@ def test_per_function_timeout_and_options(tmp_path):
         (res,) = runner.score([{"prompt": "p", "completion": "c"}])
     assert res.status == "timeout" and res.metrics == {"quick": 1.0}
     assert "stuck: call ran past the 1 s deadline" in res.error
-
-
-def test_pools_of_different_sandbox_levels_score_at_the_same_time(tmp_path):
-    """Each function waits for the other's marker file: run one pool after the other, the first would time out."""
-    (tmp_path / "meet.py").write_text(textwrap.dedent('''
-        import os, time
-
-        def meet(prompt, completion, *, me, other, **kw):
-            open(me, "w").close()
-            deadline = time.monotonic() + 20
-            while not os.path.exists(other):
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the other function never ran while this one did")
-                time.sleep(0.01)
-            return 1.0
-    '''))
-    a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    specs = [{"fn": f"{tmp_path}/meet.py:meet", "name": "judge", "sandbox": "off", "args": {"me": a, "other": b}},
-             {"fn": f"{tmp_path}/meet.py:meet", "name": "local", "sandbox": "rlimits", "args": {"me": b, "other": a}}]
-    with RewardRunner(specs, timeout_s=30, num_workers=1) as runner:
-        (res,) = runner.score([{"prompt": "p", "completion": "c"}])
-    assert res.status == "ok", res.error
-    assert res.metrics == {"judge": 1.0, "local": 1.0}
