@@ -1,12 +1,13 @@
 """Reward scoring throughput, and what process isolation costs per call.
 
-    python benchmarks/reward_throughput.py [--rows 600] [--repeats 3] [--workers 1 2 4]
+    python benchmarks/reward_throughput.py [--rows 600] [--repeats 3] [--workers 1 2 4] [--levels full userns rlimits off]
 
 Measures, for the `math` verifier (math-verify) and a trivial function:
   - in_process: the plain function called in this process (no isolation), µs per call;
-  - runner: RewardRunner.score on a batch with 1, 2, 4 sandboxed workers, samples/s;
-  - isolation_overhead: µs per call with 1 worker minus µs per call in process (with the
-    sandbox on and off), i.e. the price of pipes, pickling, and per-call cleanup.
+  - runner: RewardRunner.score on a batch with 1, 2, 4 workers at the strongest level given, samples/s;
+  - isolation_overhead: µs per call with 1 worker at each sandbox level minus µs per call in
+    process, i.e. the price of pipes, pickling, the per-call fork from the worker's zygote and
+    the per-call cleanup. Levels this machine cannot reach are reported as such and skipped.
 Each figure is the median of `--repeats` timed batches after a warm-up batch. Prints one JSON
 object per line. Results are recorded in docs/benchmarks.md ("Reward throughput").
 """
@@ -73,9 +74,15 @@ def bench_in_process(name: str, spec: str, rows: list[dict], repeats: int) -> fl
     return us
 
 
-def bench_runner(name: str, spec: str, rows: list[dict], workers: int, sandbox: bool, repeats: int) -> float:
-    from reward import RewardRunner
+def bench_runner(name: str, spec: str, rows: list[dict], workers: int, sandbox: str, repeats: int) -> float | None:
+    from reward import RewardRunner, RewardWorkerError
 
+    start = time.perf_counter()
+    try:
+        RewardRunner([spec], timeout_s=30.0, num_workers=1, sandbox=sandbox).close()
+    except RewardWorkerError as exc:
+        emit({"bench": "runner", "fn": name, "sandbox": sandbox, "unreachable": str(exc).strip().splitlines()[-1]})
+        return None
     start = time.perf_counter()
     with RewardRunner([spec], timeout_s=30.0, num_workers=workers, sandbox=sandbox) as runner:
         startup_s = time.perf_counter() - start
@@ -95,20 +102,23 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--levels", nargs="+", default=["full", "userns", "rlimits", "off"])
     args = parser.parse_args()
     emit({"bench": "env", "cpus": os.cpu_count(), "python": sys.version.split()[0], "euid": os.geteuid()})
     for name, spec, rows in (("trivial", TRIVIAL_SPEC, trivial_rows(args.rows)), ("math", "math", math_rows(args.rows))):
         in_process_us = bench_in_process(name, spec, rows, args.repeats)
         isolated_us = {}
         for workers in args.workers:
-            us = bench_runner(name, spec, rows, workers, sandbox=True, repeats=args.repeats)
+            us = bench_runner(name, spec, rows, workers, sandbox=args.levels[0], repeats=args.repeats)
             if workers == 1:
-                isolated_us["sandbox"] = us
-        isolated_us["no_sandbox"] = bench_runner(name, spec, rows, 1, sandbox=False, repeats=args.repeats)
-        for mode, us in isolated_us.items():
-            emit({"bench": "isolation_overhead", "fn": name, "mode": mode, "workers": 1,
-                  "us_per_call_in_process": round(in_process_us, 1), "us_per_call_isolated": round(us, 1),
-                  "overhead_us": round(us - in_process_us, 1)})
+                isolated_us[args.levels[0]] = us
+        for level in args.levels[1:]:
+            isolated_us[level] = bench_runner(name, spec, rows, 1, sandbox=level, repeats=args.repeats)
+        for level, us in isolated_us.items():
+            if us is not None:
+                emit({"bench": "isolation_overhead", "fn": name, "sandbox": level, "workers": 1,
+                      "us_per_call_in_process": round(in_process_us, 1), "us_per_call_isolated": round(us, 1),
+                      "overhead_us": round(us - in_process_us, 1)})
 
 
 if __name__ == "__main__":

@@ -201,9 +201,9 @@ class RewardConfig:
     weights: list[float] | None = None
     """One weight per entry of `fns` (default: all 1.0; or `weight` in a function's dict, not both)."""
     sandbox: str = "full"
-    """Isolation level of the reward workers, required, not best effort: `full` (no network, private /tmp, a
-    uid of its own, limits; needs root), `userns` (the same namespaces, the runner's uid; needs unprivileged
-    user namespaces), `rlimits` (limits only) or `off` (explicitly none). Workers that cannot reach it refuse
+    """Isolation level of the reward workers, required, not best effort: `full` (no network, a minimal
+    read-only filesystem with a private /tmp, own PID namespace, a uid of its own, seccomp, limits; needs
+    root), `userns` (the same namespaces, the runner's uid; needs unprivileged user namespaces), `rlimits` (limits only) or `off` (explicitly none). Workers that cannot reach it refuse
     to start, at the start-up check, saying what they reached and how to get it. `true`/`false` (the old
     form) mean full/off. A function that needs the network (an LLM judge, a reward model over HTTP) sets
     `sandbox: off` in its own entry; the `code` verifier requires userns or full. The level in force is

@@ -1,13 +1,20 @@
 """One reward worker process: `python -m reward.pool_worker READ_FD WRITE_FD DUMP_FD` (see pool.py).
 
-It reads its configuration from the pipe, imports the reward functions (as the spawning user,
-so user files are readable), confines itself at the pool's level (reward/sandbox.py; a level it
-cannot reach is a failed start whose error is the one-line refusal), says hello, then serves one
-call at a time: run the function on a row, turn its return value into a reward or an error,
-kill whatever the call left running, clear its working directory, reply. Its stdout and stderr
-go to a file in its working directory, capped by the file-size rlimit; the end of that file is
-added to an error's traceback. The deadline is not enforced here: the parent kills this whole
-process (and its sandbox uid) when a call runs past it, so a call stuck in C code still stops.
+It reads its configuration from the pipe, reads the reward files it will need (as the spawning
+user, so they are readable whatever their mode), confines itself at the pool's level
+(reward/sandbox.py; a level it cannot reach is a failed start whose error is the one-line refusal),
+and only then imports the reward functions: a reward module's import-time code, threads included,
+runs inside the sandbox. The process is then a zygote: it says hello and serves one call at a time
+by forking a child from its freshly imported state. The child runs the function on the row and
+sends its reply back through a pipe of its own (it holds no descriptor to the pool: it cannot talk
+to the parent or forge a frame), then exits; whatever a call planted (threads, monkeypatches,
+open descriptors, module state) dies with it, so no call sees another's. After each call the zygote
+kills whatever the call left running (the whole PID namespace but itself, at levels full and
+userns), clears its working directory and replies. Its stdout and stderr go to a file in its
+working directory, capped by the file-size rlimit; the end of that file is added to an error's
+traceback. The deadline is not enforced here: the parent kills this whole process when a call runs
+past it, so a call stuck in C code still stops; its SIGUSR1 (a stack dump request) is passed on to
+the call's process.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import faulthandler
+import importlib.util
 import inspect
 import os
 import pickle
+import select
 import shutil
 import signal
 import sys
@@ -27,12 +36,15 @@ import traceback
 from typing import Any
 
 from reward import sandbox
-from reward.protocol import MAX_REPLY_BYTES, clip, encode_reply, read_frame, write_frame
-from reward.registry import RewardFn, resolve_specs
+from reward.protocol import MAX_REPLY_BYTES, ProtocolError, clip, decode_reply, encode_reply, read_frame, write_frame
+from reward.registry import BUILTINS, RewardFn, resolve_specs
 from reward.types import coerce_output, set_deadline
+from rl.registry import is_file_spec
 
 _LOG_NAME = ".reward-output.log"
 _OUTPUT_TAIL_BYTES = 2000
+_call_pid = 0
+"""The process of the call in progress (0 between calls): where a SIGUSR1 goes."""
 
 
 def main(argv: list[str]) -> int:
@@ -42,19 +54,26 @@ def main(argv: list[str]) -> int:
         return 1
     config = pickle.loads(frame)
     try:
-        fns = resolve_specs(config["specs"])
-        info = sandbox.enter_sandbox(config["limits"], config["workdir"], level=config["sandbox"])
+        view = reward_view(config["specs"])
+        info = sandbox.enter_sandbox(config["limits"], config["workdir"], level=config["sandbox"], view=view)
         log_path = os.path.join(info.workdir, _LOG_NAME)
         _redirect_output(log_path)
+        fns = resolve_specs(config["specs"])  # the first code of the user's that runs: confined
     except sandbox.SandboxUnavailable as exc:  # one line that says why and how; no traceback
         write_frame(wfd, encode_reply({"type": "hello", "ok": False, "error": str(exc)}))
         return 1
-    except BaseException:  # noqa: BLE001 - report any startup failure to the parent, then exit
-        write_frame(wfd, encode_reply({"type": "hello", "ok": False, "error": traceback.format_exc()}))
+    except BaseException as exc:  # noqa: BLE001 - report any startup failure to the parent, then exit
+        error = traceback.format_exc()
+        if isinstance(exc, (ImportError, OSError)) and sandbox.inside_sandbox():
+            error += ("\nInside the sandbox the filesystem shows only the interpreter and its libraries, this "
+                      "package and the reward files named in reward.fns (a module named as 'pkg.mod:fn' shows its "
+                      "whole top-level package): put the helpers a reward file imports into a package and name "
+                      "that, or choose a level without a filesystem view (sandbox: rlimits).")
+        write_frame(wfd, encode_reply({"type": "hello", "ok": False, "error": error}))
         return 1
-    _start_watchdog(config["parent_pid"])
-    # On SIGUSR1 (sent by the parent at a deadline) write every thread's stack to dump_fd.
-    faulthandler.register(signal.SIGUSR1, file=dump_fd, all_threads=True)
+    if not info.pid_namespace:
+        _start_watchdog(config["parent_pid"])  # in a PID namespace the relay watches the parent
+    signal.signal(signal.SIGUSR1, lambda _sig, _frame: _pass_on_dump_request(dump_fd))
     hello = {"type": "hello", "ok": True, "level": info.level, "uid": info.uid, "notes": info.notes}
     write_frame(wfd, encode_reply(hello))
     while True:
@@ -62,25 +81,154 @@ def main(argv: list[str]) -> int:
         if frame is None:
             return 0  # the parent closed the pipe: shut down
         task = pickle.loads(frame)
-        reply = _call(fns[task["fn"]], task["row"], task["timeout_s"], config["limits"], log_path)
+        reply = _call_in_child(fns[task["fn"]], task, config["limits"], log_path, (rfd, wfd), dump_fd)
         reply.update(type="result", id=task["id"])
         try:
             _after_call(info, log_path)
             retire = False
-        except OSError:  # e.g. the call holds every descriptor it may open: no clean-up, so no next call here
+        except OSError:  # e.g. the working directory cannot be cleared: no next call here
             retire = True
-        faulthandler.register(signal.SIGUSR1, file=dump_fd, all_threads=True)  # the call may have replaced it
         if retire:
             reply["retire"] = True  # the parent sends nothing more and replaces this worker
-        body = encode_reply(reply)
-        if len(body) > MAX_REPLY_BYTES:
-            too_big = f"the result is {len(body)} bytes of JSON, over the {MAX_REPLY_BYTES}-byte limit"
-            reply = {"type": "result", "id": task["id"], "status": "error", "error": too_big, "traceback": "",
-                     "retire": retire}
-            body = encode_reply(reply)
-        write_frame(wfd, body)
+        write_frame(wfd, encode_reply(reply))
         if retire:
             return 1  # the parent replaces a worker that exits
+
+
+def reward_view(specs: list[dict[str, Any]]) -> sandbox.View:
+    """What of the host the reward functions need besides the interpreter: each file a spec names (copied now,
+    as the spawning user) and, for a 'pkg.mod:fn' spec, the top-level package's directory (or module file),
+    found without importing it."""
+    files, dirs = [], []
+    for spec in specs:
+        where = str(spec["fn"]).rpartition(":")[0]
+        if not where or spec["fn"] in BUILTINS:
+            continue
+        if is_file_spec(where):
+            if os.path.isfile(where):  # a missing file fails in resolve_specs with the usual message
+                files.append(sandbox.read_for_view(where))
+            continue
+        try:
+            found = importlib.util.find_spec(where.split(".")[0])
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            continue
+        if found.submodule_search_locations:
+            dirs.extend(found.submodule_search_locations)
+        elif found.origin and os.path.isfile(found.origin):
+            files.append(sandbox.read_for_view(found.origin))
+    return sandbox.host_view(dirs=tuple(dirs), files=tuple(files))
+
+
+def _call_in_child(rfn: RewardFn, task: dict[str, Any], limits: sandbox.Limits, log_path: str,
+                   pool_fds: tuple[int, int], dump_fd: int) -> dict[str, Any]:
+    """Run one call in a child forked from this process's state; its reply, or an error saying how it died."""
+    global _call_pid
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the call's process: no way back to the pool but the reply pipe
+        try:
+            sandbox.die_with_parent()
+            os.close(read_end)
+            for fd in pool_fds:
+                os.close(fd)
+            signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+            faulthandler.register(signal.SIGUSR1, file=dump_fd, all_threads=True)
+            # A thread that only waits: when the call masks every signal in its own thread, SIGUSR1 is delivered
+            # to this one and faulthandler (C) still writes every thread's stack.
+            threading.Thread(target=threading.Event().wait, name="reward-stack-dump", daemon=True).start()
+            reply = _call(rfn, task["row"], task["timeout_s"], limits, log_path)
+            body = encode_reply(dict(reply, type="result", id=task["id"]))
+            view = memoryview(body)
+            while view:
+                view = view[os.write(write_end, view):]
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    _call_pid = pid
+    try:
+        body, status = _collect(pid, read_end)
+    finally:
+        _call_pid = 0
+        os.close(read_end)
+    if len(body) > MAX_REPLY_BYTES:
+        return _error(f"the result is over {MAX_REPLY_BYTES} bytes of JSON, the limit")
+    if not body:
+        return _error(f"the call's process {_death(status)} before it returned a result", log_path)
+    try:
+        reply = decode_reply(body)
+        if reply["type"] != "result" or reply["id"] != task["id"]:
+            raise ProtocolError("not the result of this call")
+    except ProtocolError as exc:
+        return _error(f"the call's process sent a malformed result ({exc})", log_path)
+    return reply
+
+
+def _collect(pid: int, read_end: int) -> tuple[bytes, int]:
+    """The reply and the exit status of the call's process: read until it exits (not until EOF: something it
+    started may hold the pipe open). A reply over the size limit kills it; reading stops there."""
+    chunks: list[bytes] = []
+    os.set_blocking(read_end, False)
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except OSError:  # a kernel before 5.3: poll
+        pidfd = None
+    done = False
+    try:
+        while True:
+            waiting = ([] if done else [read_end]) + ([pidfd] if pidfd is not None else [])
+            ready, _, _ = select.select(waiting, [], [], None if pidfd is not None else 0.02)
+            if read_end in ready:
+                done = _drain(read_end, chunks)
+                if sum(map(len, chunks)) > MAX_REPLY_BYTES:
+                    os.kill(pid, signal.SIGKILL)
+                    done = True
+            exited, status = os.waitpid(pid, os.WNOHANG)
+            if exited:
+                break
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    if not done:
+        _drain(read_end, chunks)  # what it wrote just before it exited
+    return b"".join(chunks), status
+
+
+def _drain(fd: int, chunks: list[bytes]) -> bool:
+    """Read what the pipe holds now (at most a little past the reply limit); whether it reached EOF."""
+    while sum(map(len, chunks)) <= MAX_REPLY_BYTES:
+        try:
+            chunk = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            return True
+        chunks.append(chunk)
+    return True
+
+
+def _death(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited (exit code {os.waitstatus_to_exitcode(status)})"
+
+
+def _error(message: str, log_path: str | None = None) -> dict[str, Any]:
+    tail = _output_tail(log_path) if log_path else ""
+    tb = message + (f"\n--- last output of the call ---\n{tail}" if tail else "")
+    return {"status": "error", "error": message, "traceback": clip(tb)}
+
+
+def _pass_on_dump_request(dump_fd: int) -> None:
+    """SIGUSR1 from the parent at a deadline: the call's process writes its stacks (faulthandler)."""
+    if _call_pid:
+        try:
+            os.kill(_call_pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+    else:
+        faulthandler.dump_traceback(file=dump_fd, all_threads=True)
 
 
 def _call(rfn: RewardFn, row: dict[str, Any], timeout_s: float, limits: sandbox.Limits, log_path: str) -> dict[str, Any]:
@@ -135,9 +283,7 @@ def _raised_by_fork(exc: BaseException) -> bool:
 
 
 def _after_call(info: sandbox.SandboxInfo, log_path: str) -> None:
-    """Leave the worker as it was before the call."""
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    """Leave the worker as it was before the call: nothing of the call running, an empty working directory."""
     sandbox.kill_strays(info)
     os.chdir(info.workdir)
     for entry in os.listdir(info.workdir):

@@ -21,6 +21,7 @@ import time
 import psutil
 import pytest
 
+import reward
 from reward import RewardRunner
 from reward.sandbox import SANDBOX_UID_BASE
 
@@ -31,7 +32,8 @@ PLANTED = "planted-secret-5d1e"
 SECRETS = ("WANDB_API_KEY", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "RAY_PLANTED_TOKEN")
 
 
-def hostile(prompt: str, completion: str, *, answer: str, case: str, port: int = 0, targets: tuple = (), **sample):
+def hostile(prompt: str, completion: str, *, answer: str, case: str, port: int = 0, targets: tuple = (),
+            targets_read: tuple = (), unix_socket: str = "", host_pid: int = 0, **sample):
     """Misbehave as `case` says; "good" is an honest exact-match reward."""
     if case == "good":
         return float(completion.strip() == answer)
@@ -73,9 +75,48 @@ def hostile(prompt: str, completion: str, *, answer: str, case: str, port: int =
         with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
             s.sendall(b"escaped")
         return 1.0
-    if case == "forge_reply":
-        os.write(int(sys.argv[2]), b"\xff" * 64)  # garbage on the worker's reply pipe
-        time.sleep(10**6)
+    if case == "forge_reply":  # garbage on every descriptor: the pool's pipes are not among them
+        for fd in map(int, os.listdir("/proc/self/fd")):
+            if fd > 2:
+                try:
+                    os.write(fd, b"\xff" * 64)
+                except OSError:
+                    pass
+        os._exit(0)
+    if case == "host_processes":  # the test process (by host pid) and any command line mentioning pytest
+        try:
+            os.kill(host_pid, 0)
+            return 1.0  # the test process is visible: the test sees status ok and fails
+        except ProcessLookupError:
+            pass
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if b"pytest" in f.read():
+                        return 1.0
+            except OSError:
+                continue
+        raise LookupError("no host process visible")
+    if case == "read_host":  # the dataset, the checkpoints, caches, Ray's session directory, a unix socket
+        for path in targets_read:
+            if os.path.exists(path):
+                return 1.0
+        sock = socket.socket(socket.AF_UNIX)
+        try:
+            sock.connect(unix_socket)
+            return 1.0
+        except OSError as exc:
+            raise FileNotFoundError(f"nothing of the host visible ({exc})") from None
+    if case == "nested_namespace":  # a new user namespace (then mounts, ...) or io_uring from inside
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(0x10000000) == 0 or libc.syscall(425, 8, ctypes.create_string_buffer(120)) >= 0:
+            return 1.0
+        raise PermissionError(f"denied: {os.strerror(ctypes.get_errno())}")
+    if case == "sysv_shm":  # a SysV segment would outlive the call and the worker without an IPC namespace
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.shmget(0x5EED, 4096, 0o1666) < 0:  # IPC_CREAT | 0666
+            raise OSError(ctypes.get_errno(), "shmget failed")
+        raise RuntimeError("segment created")
     if case == "exit":
         os._exit(0)
     if case == "env_secret":  # the actor's secrets, in our environment or the parent's /proc/PID/environ
@@ -121,13 +162,17 @@ EXPECTED = {
     "sleep": ("timeout", "deadline"),
     "spin": ("timeout", "deadline"),
     "c_block": ("timeout", "deadline"),
-    "segfault": ("error", "SIGSEGV"),
+    "segfault": ("error", "killed by SIGSEGV"),
     "memory": ("error", "MemoryError"),
     "fork_bomb": ("error", "process limit"),
-    "write_outside": ("error", "Permission denied"),
+    "write_outside": ("error", "Read-only file system"),
     "connect": ("error", "Network is unreachable"),
     "print_100mb": ("error", "file-size limit"),
-    "forge_reply": ("error", "malformed reply"),
+    "forge_reply": ("error", "malformed result"),
+    "host_processes": ("error", "no host process visible"),
+    "read_host": ("error", "nothing of the host visible"),
+    "nested_namespace": ("error", "denied: Operation not permitted"),
+    "sysv_shm": ("error", "segment created"),
     "exit": ("error", "exit code 0"),
     "env_secret": ("error", "no planted secret visible"),
     "open_files": ("error", "open-file limit max_open_files=256"),
@@ -178,16 +223,19 @@ def own_children():
 
 @pytest.fixture
 def write_targets(tmp_path):
-    """An open (0777) directory under /tmp and a root-owned one under /run (or the home dir)."""
+    """An open (0777) directory under /tmp and a root-owned one under /run (or the home dir), both hidden from the
+    sandbox, and this package's directory, which it sees read-only (the last error is the one reported)."""
     open_dir = tmp_path / "open"
     open_dir.mkdir()
     open_dir.chmod(0o777)
     base = "/run" if os.access("/run", os.W_OK) else None
     closed_dir = tempfile.mkdtemp(prefix="reward-hostile-", dir=base)
     os.chmod(closed_dir, 0o755)
-    yield [str(open_dir / "escape.txt"), os.path.join(closed_dir, "escape.txt")]
-    for name in ("escape.txt",):
-        path = os.path.join(closed_dir, name)
+    package_dir = os.path.dirname(os.path.abspath(reward.__file__))  # shown inside the sandbox, read-only
+    targets = [str(open_dir / "escape.txt"), os.path.join(closed_dir, "escape.txt"),
+               os.path.join(package_dir, "escape.txt")]
+    yield targets
+    for path in targets[1:]:
         if os.path.exists(path):
             os.unlink(path)
     os.rmdir(closed_dir)
@@ -198,11 +246,22 @@ def test_hostile_batch(tmp_path, listener, write_targets, own_children, monkeypa
     for name in SECRETS:  # in the runner's environment, as on a Ray actor; the workers must not see them
         monkeypatch.setenv(name, PLANTED)
     port = listener.getsockname()[1]
+    dataset = tmp_path / "train.jsonl"
+    dataset.write_text('{"prompt": "1+1", "answer": "2"}\n')
+    unix_socket = tmp_path / "service.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(unix_socket))
+    server.listen(1)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    readable = [str(dataset), os.path.join(package_root, "pyproject.toml"), os.path.expanduser("~/.cache"),
+                "/tmp/ray", os.path.join(package_root, "tests", "conftest.py")]  # beside this file, not it
+    readable = [p for p in readable if os.path.exists(p)]  # each exists on the host; none may be seen inside
     rows = []
     for k, case in enumerate(EXPECTED):
         rows.append({"prompt": "p", "completion": str(k), "answer": str(k), "case": "good"})
         rows.append({"prompt": "p", "completion": "x", "answer": "x", "case": case, "port": port,
-                     "targets": write_targets})
+                     "targets": write_targets, "targets_read": readable, "unix_socket": str(unix_socket),
+                     "host_pid": os.getpid()})
     quarantine = tmp_path / "quarantine.jsonl"
     runner = RewardRunner([SPEC], timeout_s=TIMEOUT_S, num_workers=6, quarantine_path=str(quarantine),
                           memory_limit_mb=512)
@@ -211,9 +270,12 @@ def test_hostile_batch(tmp_path, listener, write_targets, own_children, monkeypa
         start = time.monotonic()
         results = runner.score(rows)
         elapsed = time.monotonic() - start
-        leftovers = [p for p in _sandbox_processes(runner.spawned_pids) if p.pid not in runner.worker_pids]
+        # Each live worker is a relay and its sandbox's PID 1 (the zygote); no call's process is left.
+        zygotes = {c.pid for w in runner.worker_pids for c in psutil.Process(w).children()}
+        assert len(zygotes) == len(runner.worker_pids)
+        leftovers = [p for p in _sandbox_processes(runner.spawned_pids) if p.pid not in zygotes]
         children = {p.pid for p in own_children()}
-        assert children <= set(runner.worker_pids), "the test process has children that are not live workers"
+        assert children <= set(runner.worker_pids) | zygotes, "the test process has children that are not workers"
 
         assert elapsed < TIMEOUT_S + MARGIN_S, f"batch took {elapsed:.1f} s"
         assert not leftovers, f"processes left behind: {[(p.pid, p.name()) for p in leftovers]}"
@@ -237,9 +299,12 @@ def test_hostile_batch(tmp_path, listener, write_targets, own_children, monkeypa
         # The replaced workers score the next batch normally.
         again = runner.score([{"prompt": "p", "completion": "y", "answer": "y", "case": "good"}] * 6)
         assert [r.reward for r in again] == [1.0] * 6
-        assert runner.worker_restarts == 7  # 3 timed out, segfault, forged reply, exit, no descriptor left
+        assert runner.worker_restarts == 3  # the 3 that timed out; a call that crashed took only its own process
+        with open("/proc/sysvipc/shm") as f:
+            assert not any(line.split()[0] == str(0x5EED) for line in f.readlines()[1:]), "a SysV segment escaped"
     finally:
         runner.close()
+        server.close()
     assert not own_children()
     assert not _sandbox_processes(runner.spawned_pids)
 

@@ -7,13 +7,17 @@
 - `code` refuses to run below its required level, in a runner and in-process;
 - the level is exact and config accepts the old booleans;
 - workers get an environment allowlist: planted secrets do not reach a reward; `env` opts in by name;
-- RLIMIT_NOFILE: opening 1000 files fails with EMFILE, and the worker that cannot clean up is replaced.
+- RLIMIT_NOFILE: opening 1000 files fails with EMFILE; the next call (a fresh process) has its descriptors.
+- confinement is atomic: an import-time thread of a reward module is inside the sandbox.
 Bounded quarantine records (item 5) are in tests/unit/test_reward_quarantine.py.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -105,27 +109,63 @@ def test_the_start_up_check_fails_in_seconds_with_the_refusal(monkeypatch):
 
 
 THREADED = """
-import threading, time
-threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()  # at import time
+import os, socket, threading
+seen = {}
+
+def probe():  # at import time, in a thread of its own: it must be inside the sandbox like the rest
+    try:
+        socket.create_connection(("127.0.0.1", PORT), timeout=1.0).close()
+        seen["net"] = 1.0
+    except OSError:
+        seen["net"] = 0.0
+    seen["host_file"] = float(os.path.exists(HOST_FILE))
+    seen["pid"] = float(os.getpid())
+
+if os.environ.get("REWARD_SANDBOX_LEVEL"):  # in a reward worker (the runner imports the module too, to check it)
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
 
 def fn(prompt, completion, **sample):
-    return 1.0
+    return {"reward": 1.0, **seen}
 """
 
 
 @pytest.mark.parametrize("level", ["full", "userns"])
-def test_a_thread_started_at_import_time_makes_namespaces_unreachable(tmp_path, level):
-    """unshare() would move only the calling thread: the import-time thread would stay in the host's network and
-    mount namespaces while the level read `full`. So namespaces are not tried: the worker refuses."""
+def test_a_thread_started_at_import_time_is_inside_the_sandbox(tmp_path, level):
+    """The worker confines itself before it imports the reward module, so a thread the module starts at import
+    time has no network, no view of the host's files and lives in the sandbox's PID namespace (unshare() would
+    move only the calling thread, so confining after the import left such a thread outside)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    host_file = tmp_path / "host-only.txt"
+    host_file.write_text("dataset")
     path = tmp_path / f"threaded_{level}.py"
-    path.write_text(THREADED)
-    with pytest.raises(RewardWorkerError) as info:
-        RewardRunner([f"{path}:fn"], timeout_s=5.0, num_workers=1, sandbox=level)
-    line = str(info.value).strip().splitlines()[-1]
-    assert f"level {level} is required but only rlimits" in line and "the process has 2 threads" in line, line
-    assert "start no thread while the reward module is imported" in line
-    with RewardRunner([f"{path}:fn"], timeout_s=5.0, num_workers=1, sandbox="rlimits") as runner:
-        assert [r.reward for r in runner.score([_row()])] == [1.0]
+    path.write_text(f"PORT = {listener.getsockname()[1]}\nHOST_FILE = {str(host_file)!r}\n" + THREADED)
+    try:
+        with RewardRunner([f"{path}:fn"], timeout_s=5.0, num_workers=1, sandbox=level) as runner:
+            [result] = runner.score([_row()])
+        assert result.status == "ok", result
+        assert result.metrics == {"fn": 1.0, "fn/net": 0.0, "fn/host_file": 0.0, "fn/pid": 1.0}, result.metrics
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    finally:
+        listener.close()
+
+
+def test_namespaces_are_entered_only_by_a_single_threaded_process(tmp_path):
+    """The check that makes confinement atomic: a process that already runs a second thread is refused."""
+    script = ("import threading, time\n"
+              "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+              "from reward import sandbox\n"
+              f"sandbox.enter_sandbox(sandbox.Limits(), {str(tmp_path)!r}, level='userns')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "SandboxUnavailable" in last and "the process has 2 threads" in last, last
+    assert "start no thread before the sandbox is entered" in last
 
 
 def test_a_lower_level_chosen_explicitly_is_the_level_in_force(monkeypatch):
@@ -225,7 +265,7 @@ def test_env_opt_in_reaches_only_the_function_that_names_it(monkeypatch):
 # -- 5. RLIMIT_NOFILE -----------------------------------------------------------------------------------------
 
 
-def test_opening_1000_files_fails_with_emfile_and_the_worker_is_replaced(tmp_path):
+def test_opening_1000_files_fails_with_emfile_and_the_next_call_starts_clean(tmp_path):
     level = "full" if os.geteuid() == 0 else "rlimits"
     quarantine = tmp_path / "q.jsonl"
     with RewardRunner([f"{HERE}:open_many"], timeout_s=5.0, num_workers=1, sandbox=level,
@@ -233,8 +273,8 @@ def test_opening_1000_files_fails_with_emfile_and_the_worker_is_replaced(tmp_pat
         first, second = runner.score([_row(n=1000), _row(n=20)])
         assert first.status == "error" and "Too many open files" in first.error, first
         assert "open-file limit max_open_files=256" in first.error
-        assert (second.status, second.reward) == ("ok", 20.0), second  # a fresh worker: nothing leaked into it
-        assert runner.worker_restarts == 1
+        assert (second.status, second.reward) == ("ok", 20.0), second  # its descriptors died with its process
+        assert runner.worker_restarts == 0
     with RewardRunner([f"{HERE}:open_many"], timeout_s=5.0, num_workers=1, sandbox=level,
                       max_open_files=64) as runner:
         [result] = runner.score([_row(n=100)])

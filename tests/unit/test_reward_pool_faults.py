@@ -36,7 +36,7 @@ def test_a_row_for_a_stopped_worker_times_out_at_the_deadline():
     """A 1 MiB row cannot fit in the pipe of a SIGSTOPped worker: the call fails at its deadline."""
     with RewardRunner([f"{HERE}:exact"], timeout_s=2.0, num_workers=1) as runner:
         (pid,) = runner.worker_pids
-        os.kill(pid, signal.SIGSTOP)
+        os.killpg(pid, signal.SIGSTOP)  # the worker and, in its PID namespace, the sandbox's PID 1 (same group)
         start = time.monotonic()
         (res,) = runner.score([_big_row()])
         elapsed = time.monotonic() - start
@@ -99,10 +99,15 @@ def test_failed_starts_back_off_then_heal(tmp_path):
     path = tmp_path / "flaky.py"
     path.write_text(FLAKY.format(flag=str(flag)))
     good = {"prompt": "p", "completion": "c"}
-    with RewardRunner([f"{path}:score"], timeout_s=5.0, num_workers=1) as runner:
+    # rlimits: the module looks at a file of the host's at import, which the namespaced levels do not show
+    with RewardRunner([f"{path}:score"], timeout_s=5.0, num_workers=1, sandbox="rlimits") as runner:
         flag.touch()
-        (crashed,) = runner.score([dict(good, crash=True)])
-        assert crashed.status == "error" and "exit code 3" in crashed.error
+        (crashed,) = runner.score([dict(good, crash=True)])  # a call that exits takes only its own process
+        assert crashed.status == "error" and "exit code 3" in crashed.error and runner.worker_restarts == 0
+        (pid,) = runner.worker_pids
+        os.killpg(pid, signal.SIGKILL)  # the worker itself dies (an OOM kill, say): its replacement is needed
+        (died,) = runner.score([good])
+        assert died.status == "error" and "died" in died.error, died
 
         start = time.monotonic()
         results = runner.score([good] * 3)  # the replacement fails at import: every call fails, none waits
