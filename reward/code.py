@@ -1,7 +1,7 @@
 """Built-in `code` verifier: run the completion's Python against the row's tests in a sandbox.
 
 The program is the last ```python fenced block of the completion (the whole completion if it
-has none). Each test runs in its own one-shot child (reward/sandbox.py run as a script) with
+has none). Each test runs in its own one-shot child (reward/code_child.py run as a script) with
 rlimits, a wall-clock limit and capped output; the reward is the fraction of tests passed.
 Inside a RewardRunner worker the child nests in the worker's sandbox (no network, the worker's
 private /tmp and uid); called anywhere else it builds its own (see reward/sandbox.py), the
@@ -19,7 +19,7 @@ Verdicts are decided in this process, never in the child that runs the candidate
 pair's child gets the input only; its output is compared here. An assert test is split by
 reward/code_asserts.py: the child gets the program and the test's candidate-dependent
 sub-expressions ("probes", e.g. `add(1, 2)`), evaluates them and prints their values in a strict
-encoding of exact builtin types (sandbox.encode_result); the asserts, with their expected values,
+encoding of exact builtin types (code_child.encode_result); the asserts, with their expected values,
 are evaluated here on the decoded values. So a lying `__eq__`, reading the harness's frames or
 printing a forged result line gains nothing, and `sys.exit(0)` at the top of a solution leaves no
 result: the test fails. An assert test may hold imports, assignments, expression statements,
@@ -43,7 +43,7 @@ import tempfile
 import time
 from typing import Any
 
-from reward import sandbox
+from reward import code_child, sandbox
 from reward.code_asserts import AssertPlan, UndecidableTest, decide, decode_results, plan_assert_test
 from reward.types import time_left
 
@@ -167,7 +167,7 @@ def _ensure_sandbox() -> None:
         workdir = tempfile.mkdtemp(prefix="code-probe-")
         job = {"limits": dict(vars(CHILD_LIMITS), cpu_s=10), "workdir": workdir, "level": REQUIRED_SANDBOX}
         try:
-            proc = subprocess.run([sys.executable, "-I", sandbox.__file__], input=json.dumps(job).encode(),
+            proc = subprocess.run([sys.executable, "-I", code_child.__file__], input=json.dumps(job).encode(),
                                   capture_output=True, env=_child_env(), cwd=workdir, timeout=30)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -196,7 +196,7 @@ def _run_child(job: dict[str, Any], timeout_s: float) -> bytes | None:
     limits = dict(vars(CHILD_LIMITS), cpu_s=timeout_s + 1)
     job = {"limits": limits, "workdir": workdir, "level": REQUIRED_SANDBOX, **job}
     try:
-        argv = [sys.executable, "-I", sandbox.__file__]
+        argv = [sys.executable, "-I", code_child.__file__]
         rc, out, timed_out = run_capped(argv, json.dumps(job).encode(), timeout_s, OUTPUT_CAP_BYTES, _child_env(), workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

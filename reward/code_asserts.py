@@ -3,7 +3,7 @@
 A test such as `assert add(1, 2) == 3` is split in two by `plan_assert_test`. The candidate-dependent
 sub-expressions ("probes", here `add(1, 2)`) go to the sandboxed child as source text; the child runs the
 solution, evaluates each probe and sends back its value in a strict encoding (exact builtin types only,
-see `sandbox.encode_result`). The rest of the assert, with its expected values, never leaves this process:
+see `code_child.encode_result`). The rest of the assert, with its expected values, never leaves this process:
 `decide` evaluates it here with the decoded values in place of the probes. A solution that lies in
 `__eq__`, reads secrets from the harness's frames or forges the result line gains nothing, since the child
 holds no expected value and no verdict.
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from types import CodeType
 from typing import Any
 
-from reward.sandbox import ENCODE_MAX_DEPTH, RESULTS_PREFIX
+from reward.code_child import ENCODE_MAX_DEPTH, RESULTS_PREFIX
 
 PROBE_NAME = "__probe__"
 """The list of probe values, in the child (the real objects) and here (the decoded ones)."""
@@ -179,7 +179,7 @@ _SEQUENCES = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
 
 
 def _decode(node: list[Any], depth: int) -> Any:
-    """The inverse of sandbox.encode_result's value tree; anything else raises (a forged or broken line)."""
+    """The inverse of code_child.encode_result's value tree; anything else raises (a forged or broken line)."""
     if depth > ENCODE_MAX_DEPTH or type(node) is not list:
         raise ValueError("malformed value")
     if node == ["none"]:

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from reward.code_asserts import OpaqueValue, UndecidableTest, decide, decode_results, plan_assert_test
-from reward.sandbox import ENCODE_MAX_DEPTH, ENCODE_MAX_NODES, RESULTS_PREFIX, encode_result
+from reward.code_child import ENCODE_MAX_DEPTH, ENCODE_MAX_NODES, RESULTS_PREFIX, encode_result
 
 
 def _probes(plan) -> list[str]:
