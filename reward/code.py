@@ -1,7 +1,7 @@
 """Built-in `code` verifier: run the completion's Python against the row's tests in a sandbox.
 
 The program is the last ```python fenced block of the completion (the whole completion if it
-has none). Each test runs in its own one-shot child (reward/sandbox.py run as a script) with
+has none). Each test runs in its own one-shot child (reward/code_child.py run as a script) with
 rlimits, a wall-clock limit and capped output; the reward is the fraction of tests passed.
 Inside a RewardRunner worker the child nests in the worker's sandbox (no network, the worker's
 private /tmp and uid); called anywhere else it builds its own (see reward/sandbox.py), the
@@ -10,22 +10,30 @@ configured below it refuses to start, and a call outside a sandbox that cannot b
 SandboxUnavailable rather than run model-written code with the network and the runner's files
 in reach. The row's `tests` column is one of:
 
-    ["assert add(1, 2) == 3", ...]                 assert snippets, run after the program
+    ["assert add(1, 2) == 3", ...]                 assert tests, each a snippet of Python (see below)
     [{"input": "1 2\\n", "output": "3\\n"}, ...]     stdin/stdout pairs (whitespace at line ends ignored)
     {"inputs": [...], "outputs": [...]}            the same pairs, APPS/CodeContests style
     or a JSON string of any of these.
 
-An assert test passes only if a random marker, printed after the test, reaches the output:
-`sys.exit(0)` at the top of a solution does not pass. It is not a defence against code that
-inspects the harness's own frames.
+Verdicts are decided in this process, never in the child that runs the candidate. A stdin/stdout
+pair's child gets the input only; its output is compared here. An assert test is split by
+reward/code_asserts.py: the child gets the program and the test's candidate-dependent
+sub-expressions ("probes", e.g. `add(1, 2)`), evaluates them and prints their values in a strict
+encoding of exact builtin types (code_child.encode_result); the asserts, with their expected values,
+are evaluated here on the decoded values. So a lying `__eq__`, reading the harness's frames or
+printing a forged result line gains nothing, and `sys.exit(0)` at the top of a solution leaves no
+result: the test fails. An assert test may hold imports, assignments, expression statements,
+asserts, functions and classes that do not call the candidate, and HumanEval's `def
+check(candidate): ...` + `check(name)`; one that cannot be split (a loop, say) fails and is counted
+in the `undecided` metric, with its reason logged once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-import secrets
 import selectors
 import shutil
 import signal
@@ -35,7 +43,8 @@ import tempfile
 import time
 from typing import Any
 
-from reward import sandbox
+from reward import code_child, sandbox
+from reward.code_asserts import AssertPlan, UndecidableTest, decide, decode_results, plan_assert_test
 from reward.types import time_left
 
 TEST_TIMEOUT_S = 2.0
@@ -50,6 +59,10 @@ model-written code could reach the network and every temporary directory."""
 _PROBE: dict[str, str] = {}
 """Outside a sandbox: "" once a child confined itself, or the refusal (checked once per process; keyed by
 sandbox.TEST_DENY_ENV, which tests set)."""
+
+_WARNED: set[str] = set()
+"""Reasons already logged in this process (bounded: a dataset of broken tests logs a thousand, not a million)."""
+log = logging.getLogger("reward")
 
 _FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[ \t]*\n(.*?)```", re.DOTALL)
 
@@ -93,28 +106,42 @@ def parse_tests(tests: Any) -> list[dict[str, str]]:
 def code_reward(prompt: str, completion: str, *, tests: Any, **sample: Any) -> dict[str, float]:
     """Fraction of the row's tests that the completion's program passes; `acc` is 1.0 only when every
     test passes (a task is solved or it is not: partial credit shapes the reward, never the accuracy).
+    `undecided` counts assert tests that reward/code_asserts.py cannot split into probes and a verdict
+    (a loop, say): they fail, and the first time a reason comes up it is logged as a warning.
 
     >>> code_reward("Write add.", "```python\\ndef add(a, b):\\n    return a + b\\n```",
     ...             tests=["assert add(1, 2) == 3", "assert add(2, 2) == 5"])
-    {'reward': 0.5, 'acc': 0.0, 'passed': 1.0, 'num_tests': 2.0}
+    {'reward': 0.5, 'acc': 0.0, 'passed': 1.0, 'num_tests': 2.0, 'undecided': 0.0}
     >>> code_reward("Echo the sum.", "print(sum(map(int, input().split())))",
     ...             tests=[{"input": "1 2\\n", "output": "3\\n"}])
-    {'reward': 1.0, 'acc': 1.0, 'passed': 1.0, 'num_tests': 1.0}
+    {'reward': 1.0, 'acc': 1.0, 'passed': 1.0, 'num_tests': 1.0, 'undecided': 0.0}
     >>> code_reward("Cheat.", "import sys; sys.exit(0)", tests=["assert False"])["reward"]
+    0.0
+    >>> code_reward("Lie.", "class Yes:\\n    def __eq__(self, other):\\n        return True\\nf = lambda: Yes()",
+    ...             tests=["assert f() == 42"])["reward"]
     0.0
     """
     cases = parse_tests(tests)
     program = extract_code(completion)
     _ensure_sandbox()
     end = time.monotonic() + time_left(default=len(cases) * TEST_TIMEOUT_S + 1.0) - 0.5
-    passed = 0
+    passed = undecided = 0
     for case in cases:
         budget = min(TEST_TIMEOUT_S, end - time.monotonic())
         if budget <= 0.05:
             break  # out of time: the remaining tests count as failed, not as a timeout
-        passed += _run_case(program, case, budget)
+        if "test" in case:
+            try:
+                plan = plan_assert_test(case["test"], program)
+            except UndecidableTest as exc:
+                undecided += 1
+                _warn_once(str(exc))
+                continue
+            passed += _run_assert_case(program, plan, budget)
+        else:
+            passed += _run_io_case(program, case, budget)
     return {"reward": passed / len(cases), "acc": float(passed == len(cases)), "passed": float(passed),
-            "num_tests": float(len(cases))}
+            "num_tests": float(len(cases)), "undecided": float(undecided)}
 
 
 code_reward.required_sandbox = REQUIRED_SANDBOX  # type: ignore[attr-defined]  # read by RewardRunner
@@ -140,7 +167,7 @@ def _ensure_sandbox() -> None:
         workdir = tempfile.mkdtemp(prefix="code-probe-")
         job = {"limits": dict(vars(CHILD_LIMITS), cpu_s=10), "workdir": workdir, "level": REQUIRED_SANDBOX}
         try:
-            proc = subprocess.run([sys.executable, "-I", sandbox.__file__], input=json.dumps(job).encode(),
+            proc = subprocess.run([sys.executable, "-I", code_child.__file__], input=json.dumps(job).encode(),
                                   capture_output=True, env=_child_env(), cwd=workdir, timeout=30)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -150,27 +177,36 @@ def _ensure_sandbox() -> None:
         raise sandbox.SandboxUnavailable(f"code verifier: {_PROBE[key]}")
 
 
-def _run_case(program: str, case: dict[str, str], timeout_s: float) -> bool:
-    nonce = secrets.token_hex(16)
+def _run_assert_case(program: str, plan: AssertPlan, timeout_s: float) -> bool:
+    """The child evaluates the probes; this process decides the asserts on the values it sends back."""
+    out = _run_child({"mode": "assert", "solution": program, "steps": list(plan.child_steps)}, timeout_s)
+    results = None if out is None else decode_results(out, plan.num_probes)
+    return results is not None and decide(plan, results)
+
+
+def _run_io_case(program: str, case: dict[str, str], timeout_s: float) -> bool:
+    """The child gets the input only; the expected output is compared here."""
+    out = _run_child({"mode": "io", "solution": program, "input": case["input"]}, timeout_s)
+    return out is not None and _normalize(out.decode(errors="replace")) == _normalize(case["output"])
+
+
+def _run_child(job: dict[str, Any], timeout_s: float) -> bytes | None:
+    """The child's stdout, or None when it failed, timed out or went over the output cap."""
     workdir = tempfile.mkdtemp(prefix="code-")
     limits = dict(vars(CHILD_LIMITS), cpu_s=timeout_s + 1)
-    job = {"limits": limits, "workdir": workdir, "level": REQUIRED_SANDBOX, "solution": program, "nonce": nonce}
-    if "test" in case:
-        job.update(mode="assert", test=case["test"])
-    else:
-        job.update(mode="io", input=case["input"])
-    env = _child_env()
+    job = {"limits": limits, "workdir": workdir, "level": REQUIRED_SANDBOX, **job}
     try:
-        argv = [sys.executable, "-I", sandbox.__file__]
-        rc, out, timed_out = run_capped(argv, json.dumps(job).encode(), timeout_s, OUTPUT_CAP_BYTES, env, workdir)
+        argv = [sys.executable, "-I", code_child.__file__]
+        rc, out, timed_out = run_capped(argv, json.dumps(job).encode(), timeout_s, OUTPUT_CAP_BYTES, _child_env(), workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    if rc != 0 or timed_out:
-        return False
-    text = out.decode(errors="replace")
-    if "test" in case:
-        return text.rstrip("\n").rsplit("\n", 1)[-1] == nonce
-    return _normalize(text) == _normalize(case["output"])
+    return None if rc != 0 or timed_out else out
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _WARNED and len(_WARNED) < 1000:
+        _WARNED.add(reason)
+        log.warning("code verifier: an assert test counts as failed (undecided): %s", reason)
 
 
 def _normalize(text: str) -> str:

@@ -2,8 +2,8 @@
 
 `enter_sandbox` is called inside the process to be confined, before any untrusted code runs in it:
 by each reward worker process (reward/pool_worker.py) before it imports the reward functions, and
-by the one-shot child that runs a completion's code for the `code` verifier (this file run as a
-script, see `_child_main`). It applies the level it is asked for, or none at all: a level that
+by the one-shot child that runs a completion's code for the `code` verifier (reward/code_child.py,
+run as a script). It applies the level it is asked for, or none at all: a level that
 cannot be reached raises `SandboxUnavailable` (one line: the level reached, why, how to get the
 one asked for), so nothing runs below the configured level. Levels, weakest first (LEVELS):
 
@@ -33,7 +33,8 @@ process count, open files and core dumps; they are per process (or per uid), so 
 forks holds more memory in total than RLIMIT_AS says (cgroups are not used). `SandboxInfo.notes`
 says what the level in force does not give. The environment variable TEST_DENY_ENV (tests only)
 makes a level unreachable honestly: the named paths are not tried. This file imports only the
-standard library, because the code child runs it with `python -I` outside the package.
+standard library and its sibling syscall_filter.py, because the code child imports it as a sibling
+module, outside the package.
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ import sys
 import tempfile
 import time
 
-try:
+if __package__:
     from reward import syscall_filter
-except ImportError:  # run as a script with `python -I` (the code child): the sibling module
+else:  # imported by the code child, reward/code_child.py run as a script with `python -I`: the sibling module
     import syscall_filter  # type: ignore[no-redef]
 
 SANDBOX_UID_BASE = 2_000_000
@@ -655,44 +656,3 @@ def _check(rc: int, what: str) -> None:
 def _write(path: str, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
-
-
-REFUSED_RC = 3
-"""Exit status of a one-shot child that could not reach its level (before any job code ran)."""
-
-
-def _child_main() -> int:
-    """One-shot child of the `code` verifier: read a JSON job on stdin, confine, run it.
-
-    The job is {"limits", "workdir", "level", "mode": "assert"|"io", "solution", "test", "input", "nonce"}; it
-    is confined at `level` or better (a refusal exits with REFUSED_RC, its message on stderr). Without a
-    "mode" it only confines itself and exits 0 (a probe). In "assert" mode the nonce is printed only after the solution and the test ran to the end,
-    so a solution that exits early (sys.exit(0), os._exit(0)) does not pass.
-    """
-    import io
-    import json
-
-    job = json.loads(sys.stdin.buffer.read())
-    try:
-        enter_sandbox(Limits(**job["limits"]), job["workdir"], level=job.get("level", "full"), at_least=True)
-    except SandboxUnavailable as exc:
-        sys.stderr.write(f"{exc}\n")
-        return REFUSED_RC
-    if "mode" not in job:
-        return 0
-    sys.stdin = io.TextIOWrapper(io.BytesIO(job.get("input", "").encode()))
-    return _run_job(job.pop("mode"), job.pop("solution"), job.pop("test", ""), job.pop("nonce", ""))
-
-
-def _run_job(mode: str, solution: str, test: str, nonce: str) -> int:
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-    exec(compile(solution, "<solution>", "exec"), namespace)
-    if mode == "assert":
-        exec(compile(test, "<test>", "exec"), namespace)
-        sys.stdout.flush()
-        os.write(1, f"\n{nonce}\n".encode())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child_main())

@@ -45,8 +45,8 @@ Why ctypes: PyPI has no maintained binding with wheels (libseccomp's own Python 
 published there, Debian ships them as python3-seccomp for the system Python only, pyseccomp was last
 released in 2021 and seccompy builds its own BPF instead of using libseccomp), while libseccomp.so.2
 itself is on every Debian/Ubuntu system (apt and systemd depend on it). Standard library only, and no
-package-relative imports: `reward/sandbox.py` run as a script with `python -I` imports it as the
-sibling module `syscall_filter`.
+package-relative imports: `reward/code_child.py` run as a script with `python -I` imports `sandbox`,
+which imports this file as the sibling module `syscall_filter`.
 """
 
 from __future__ import annotations

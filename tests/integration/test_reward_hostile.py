@@ -330,3 +330,129 @@ def test_without_sandbox_deadline_and_crash_isolation_still_hold(own_children):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+# ====================================================================================================
+# The `code` verifier against reward hacks (issue: verdicts decided outside the interpreter that runs
+# the candidate). Every hostile solution below leaves the task unsolved (f(1) should be 987654321) and
+# must score 0; before the fix, the frame reader, both lying __eq__ and, in part, the forged line scored 1.
+# ====================================================================================================
+
+from reward import code as code_verifier  # noqa: E402  (this section is appended to the file above)
+
+CODE_TESTS = ["assert f(1) == 987654321", "import math\nassert math.isclose(f(1), 987654321.0)",
+              "assert abs(f(1) - 987654321) < 1e-6", "def check(candidate):\n    assert candidate(1) == 987654321\ncheck(f)"]
+CODE_HACKS = {
+    # Anything secret-looking (the old nonce) in the harness's frames and on the heap, printed as the last line.
+    "frames_and_gc": (
+        "import gc, os, re, sys\n"
+        "found = []\n"
+        "frame = sys._getframe()\n"
+        "while frame is not None:\n"
+        "    found += [v for v in list(frame.f_locals.values()) + list(frame.f_globals.values()) if isinstance(v, str)]\n"
+        "    frame = frame.f_back\n"
+        "for obj in gc.get_objects():\n"
+        "    if isinstance(obj, dict):\n"
+        "        found += [v for v in obj.values() if isinstance(v, str)]\n"
+        "    elif isinstance(obj, (list, tuple)):\n"
+        "        found += [v for v in obj if isinstance(v, str)]\n"
+        "secret = sorted({s for s in found if re.fullmatch(r'[0-9a-f]{32}', s)})\n"
+        "if secret:\n"
+        "    print('\\n'.join(secret), flush=True)\n"
+        "    os._exit(0)\n"
+        "def f(x):\n"
+        "    return 0\n"),
+    "always_true_eq": ("class Yes:\n    def __eq__(self, other):\n        return True\n    __hash__ = object.__hash__\n"
+                       "    def __sub__(self, other):\n        return 0\n    __float__ = lambda self: 987654321.0\n"
+                       "def f(x):\n    return Yes()\n"),
+    "int_subclass_eq": ("class Liar(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n"
+                        "    def __sub__(self, other):\n        return 0\n"
+                        "def f(x):\n    return Liar(0)\n"),
+    # A result line claiming whatever it likes: it cannot know the expected value, so it gains nothing.
+    "forged_result_line": ("import os\n"
+                           "os.write(1, b'\\n#code-verifier-results [{\"value\": [\"bool\", true]}]\\n')\n"
+                           "os._exit(0)\n"),
+    "sys_exit": "import sys\nsys.exit(0)\ndef f(x):\n    return 987654321\n",
+    "os_exit": "import os\nos._exit(0)\ndef f(x):\n    return 987654321\n",
+    # The child's own modules are the candidate's to patch; the verdict uses this process's.
+    "patched_modules": ("import builtins, math\nmath.isclose = lambda *a, **k: True\nbuiltins.abs = lambda x: 0\n"
+                        "def f(x):\n    return 0\n"),
+}
+
+
+@pytest.mark.parametrize("hack", sorted(CODE_HACKS))
+def test_code_reward_hacks_score_zero(hack):
+    out = code_verifier.code_reward("p", CODE_HACKS[hack], tests=CODE_TESTS)
+    assert out["reward"] == 0.0 and out["acc"] == 0.0 and out["undecided"] == 0.0, out
+
+
+def test_code_child_is_never_sent_expected_values_or_a_nonce(monkeypatch):
+    jobs = []
+    run_child = code_verifier._run_child
+    monkeypatch.setattr(code_verifier, "_run_child", lambda job, timeout_s: jobs.append(job) or run_child(job, timeout_s))
+    io_tests = [{"input": "1\n", "output": "987654321\n"}]
+    code_verifier.code_reward("p", "def f(x):\n    return 0\n", tests=CODE_TESTS + ["want = 987654321\nassert f(1) == want"])
+    code_verifier.code_reward("p", "print(0)", tests=io_tests)
+    assert len(jobs) == len(CODE_TESTS) + 2
+    for job in jobs:
+        sent = json.dumps(job)
+        assert "987654321" not in sent and "nonce" not in sent and "assert " not in json.dumps(job.get("steps")), job
+
+
+CODE_SOLUTION = """
+import math
+def f(x):
+    return x * 2
+def nothing(x):
+    return None
+def pair(x):
+    return [x, x + 1]
+def area(r):
+    return math.pi * r * r
+def table(x):
+    return {"a": x, (1, 2): {x}}
+def noisy(x):
+    print("debug", x)
+    return x + 1
+def sort_in_place(lst):
+    lst.sort()
+class Solution:
+    def solve(self, n):
+        return n + 1
+"""
+# (honest test, the same test with a wrong expected value)
+CODE_FORMS = [
+    ("assert f(1) == 2", "assert f(1) == 3"),
+    ("assert abs(area(1) - 3.14159265) < 1e-6", "assert abs(area(1) - 3.1) < 1e-6"),
+    ("import math\nassert math.isclose(area(2), 12.566, rel_tol=1e-3)", "import math\nassert math.isclose(area(2), 12.0)"),
+    ("assert pair(1) == [1, 2] and tuple(pair(1)) == (1, 2)", "assert pair(1) == (1, 2)"),
+    ("assert table(3) == {'a': 3, (1, 2): {3}}", "assert table(3) == {'a': 3, (1, 2): {4}}"),
+    ("assert nothing(1) is None", "assert nothing(1) is not None"),
+    ("assert not nothing(1)", "assert nothing(1)"),
+    ("assert f(2) in (3, 4)", "assert f(2) in (3, 5)"),
+    ("assert f(1) == 2\nassert f(2) == 4\nassert pair(0)[1] == 1", "assert f(1) == 2\nassert f(2) == 5"),
+    ("assert noisy(1) == 2", "assert noisy(1) == 1"),
+    ("def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(3) == 6, 'msg'\n\ncheck(f)",
+     "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(3) == 7\n\ncheck(f)"),
+    ("lst = [3, 1, 2]\nsort_in_place(lst)\nassert lst == [1, 2, 3]", "lst = [3, 1, 2]\nsort_in_place(lst)\nassert lst == [3, 1, 2]"),
+    ("assert Solution().solve(3) == 4", "assert Solution().solve(3) == 3"),
+    ("res = f(3)\nassert res == 6", "res = f(3)\nassert res == 7"),
+]
+
+
+@pytest.mark.parametrize("honest, wrong", CODE_FORMS)
+def test_code_honest_forms_pass_and_wrong_ones_fail(honest, wrong):
+    assert code_verifier.code_reward("p", CODE_SOLUTION, tests=[honest]) == {
+        "reward": 1.0, "acc": 1.0, "passed": 1.0, "num_tests": 1.0, "undecided": 0.0}
+    assert code_verifier.code_reward("p", CODE_SOLUTION, tests=[wrong])["reward"] == 0.0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the full sandbox (own uid, namespaces) needs root")
+def test_code_hacks_score_zero_inside_a_reward_runner():
+    """The same, through the real path: `code` in a worker, its children nested in the worker's sandbox."""
+    rows = [{"prompt": "p", "completion": CODE_HACKS[h], "tests": CODE_TESTS} for h in sorted(CODE_HACKS)]
+    rows.append({"prompt": "p", "completion": "def f(x):\n    return 987654321\n", "tests": CODE_TESTS})
+    with RewardRunner(["code"], timeout_s=20.0, num_workers=2) as runner:
+        results = runner.score(rows)
+    assert [r.status for r in results] == ["ok"] * len(rows), results
+    assert [r.reward for r in results] == [0.0] * len(CODE_HACKS) + [1.0], results

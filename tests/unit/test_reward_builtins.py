@@ -8,6 +8,7 @@ import json
 import pytest
 
 import reward.code
+import reward.code_asserts
 import reward.metrics
 import reward.types
 import reward.verifiers
@@ -15,7 +16,8 @@ from reward.code import code_reward, parse_tests
 from reward.verifiers import arith_reward, extract_answer, format_reward, math_reward
 
 
-@pytest.mark.parametrize("module", [reward.verifiers, reward.types, reward.metrics, reward.code])
+@pytest.mark.parametrize("module", [reward.verifiers, reward.types, reward.metrics, reward.code,
+                                    reward.code_asserts])
 def test_doctests(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
@@ -71,4 +73,5 @@ def test_code_reward_io_pairs_and_failures():
     program = "```python\nn = int(input())\nprint(n * 2)\n```"
     pairs = {"inputs": ["2\n", "5\n", "x\n"], "outputs": ["4\n", "10  \n\n", "0\n"]}  # 3rd crashes: failed
     out = code_reward("double it", program, tests=pairs)
-    assert out == {"reward": pytest.approx(2 / 3), "acc": 0.0, "passed": 2.0, "num_tests": 3.0}  # not solved
+    assert out == {"reward": pytest.approx(2 / 3), "acc": 0.0, "passed": 2.0, "num_tests": 3.0,
+                   "undecided": 0.0}  # not solved
