@@ -12,10 +12,28 @@ from __future__ import annotations
 import os
 import sys
 
+
+
+def _load_sibling(name: str) -> object:
+    """Import reward/<name>.py by its path: `python -I` puts neither the script's directory nor the package on
+    sys.path (and putting reward/ there would let its types.py shadow the standard library's)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 if __package__:
     from reward.sandbox import Limits, SandboxUnavailable, enter_sandbox
-else:  # run as a script: the sibling module
-    from sandbox import Limits, SandboxUnavailable, enter_sandbox  # type: ignore[no-redef]
+else:  # run as a script: the sibling modules, syscall_filter first (sandbox imports it by that name)
+    _load_sibling("syscall_filter")
+    _sandbox = _load_sibling("sandbox")
+    Limits, SandboxUnavailable, enter_sandbox = _sandbox.Limits, _sandbox.SandboxUnavailable, _sandbox.enter_sandbox  # type: ignore[attr-defined]
 
 REFUSED_RC = 3
 """Exit status of a one-shot child that could not reach its level (before any job code ran)."""

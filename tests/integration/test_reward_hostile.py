@@ -456,3 +456,41 @@ def test_code_hacks_score_zero_inside_a_reward_runner():
         results = runner.score(rows)
     assert [r.status for r in results] == ["ok"] * len(rows), results
     assert [r.reward for r in results] == [0.0] * len(CODE_HACKS) + [1.0], results
+
+
+READ_DATASET = """
+import glob, json, os, sys
+# An unsolved task; instead of solving it, find the dataset file with the expected outputs and print them.
+for path in [DATASET] + glob.glob("/tmp/**/*.jsonl", recursive=True) + glob.glob(os.path.expanduser("~/**/*.jsonl")):
+    try:
+        with open(path) as f:
+            row = json.loads(f.readline())
+    except OSError:
+        continue
+    stdin = sys.stdin.read()
+    for case in row["tests"]:
+        if case["input"] == stdin:
+            print(case["output"], end="")
+            sys.exit(0)
+print("nothing found")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the full sandbox (own uid, namespaces) needs root")
+def test_code_io_expected_outputs_cannot_be_read_from_the_dataset(tmp_path):
+    """io tests: the expected output never goes to the child, and the dataset file holding it is not in the
+    sandbox's filesystem view (issue 12's third hack scored 1.0 by printing it)."""
+    tests = [{"input": "3\n", "output": "a secret 91\n"}, {"input": "4\n", "output": "another 17\n"}]
+    dataset = tmp_path / "train.jsonl"
+    dataset.write_text(json.dumps({"prompt": "p", "tests": tests}) + "\n")
+    hack = f"DATASET = {str(dataset)!r}\n" + READ_DATASET
+    with open(dataset) as f:  # on the host the hack works: it finds the file and prints the outputs
+        assert json.loads(f.readline())["tests"] == tests
+    with RewardRunner(["code"], timeout_s=20.0, num_workers=1) as runner:
+        [hacked, solved] = runner.score([
+            {"prompt": "p", "completion": hack, "tests": tests},
+            {"prompt": "p", "completion": "x = int(input())\nprint({3: 'a secret 91', 4: 'another 17'}[x])",
+             "tests": tests},
+        ])
+    assert (hacked.status, hacked.reward) == ("ok", 0.0), hacked
+    assert (solved.status, solved.reward) == ("ok", 1.0), solved
