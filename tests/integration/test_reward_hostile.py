@@ -83,6 +83,19 @@ def hostile(prompt: str, completion: str, *, answer: str, case: str, port: int =
                 except OSError:
                     pass
         os._exit(0)
+    if case == "plant":  # state for the calls after this one: a patched builtin, a thread, an open descriptor
+        import builtins
+        import threading
+
+        builtins.float = lambda *args: 1.0  # the honest case's float(completion == answer) would say 1.0
+        threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+        os.open("/dev/null", os.O_RDONLY)
+        return 0.0
+    if case == "planted":  # what a later call sees of that state
+        import threading
+
+        return {"reward": float(completion.strip() == answer), "threads": threading.active_count(),
+                "fds": len(os.listdir("/proc/self/fd"))}
     if case == "host_processes":  # the test process (by host pid) and any command line mentioning pytest
         try:
             os.kill(host_pid, 0)
@@ -309,6 +322,26 @@ def test_hostile_batch(tmp_path, listener, write_targets, own_children, monkeypa
         server.close()
     assert not own_children()
     assert not _sandbox_processes(runner.spawned_pids)
+
+
+@pytest.mark.parametrize("level", ["full", "rlimits"])
+def test_state_planted_by_one_call_does_not_reach_the_next(level):
+    """Each call runs in a process forked from the worker's imported state: a patched builtin (issue 12: after
+    one planted patch, honest wrong answers scored 1.0), a thread and a descriptor die with the call."""
+    if level == "full" and os.geteuid() != 0:
+        pytest.skip("the full sandbox needs root")
+    rows = [{"prompt": "p", "completion": "x", "answer": "x", "case": "planted"},
+            {"prompt": "p", "completion": "x", "answer": "x", "case": "plant"},
+            {"prompt": "p", "completion": "wrong", "answer": "x", "case": "planted"},
+            {"prompt": "p", "completion": "x", "answer": "x", "case": "planted"}]
+    with RewardRunner([SPEC], timeout_s=TIMEOUT_S, num_workers=1, sandbox=level) as runner:
+        before, planted, wrong, right = runner.score(rows)
+        assert runner.worker_restarts == 0
+    assert planted.status == "ok"  # its own result is whatever the patched float() says: a hostile call's own score
+    assert (wrong.reward, right.reward) == (0.0, 1.0), (wrong, right)
+    for later in (wrong, right):
+        assert later.metrics["hostile/threads"] == before.metrics["hostile/threads"], later
+        assert later.metrics["hostile/fds"] == before.metrics["hostile/fds"], later
 
 
 def test_without_sandbox_deadline_and_crash_isolation_still_hold(own_children):
