@@ -197,7 +197,8 @@ def _collect(pid: int, read_end: int) -> tuple[bytes, int]:
 
 def _drain(fd: int, chunks: list[bytes]) -> bool:
     """Read what the pipe holds now (at most a little past the reply limit); whether it reached EOF."""
-    while sum(map(len, chunks)) <= MAX_REPLY_BYTES:
+    size = sum(map(len, chunks))
+    while size <= MAX_REPLY_BYTES:
         try:
             chunk = os.read(fd, 1 << 20)
         except BlockingIOError:
@@ -205,6 +206,7 @@ def _drain(fd: int, chunks: list[bytes]) -> bool:
         if not chunk:
             return True
         chunks.append(chunk)
+        size += len(chunk)
     return True
 
 
