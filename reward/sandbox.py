@@ -592,6 +592,7 @@ def kill_strays(info: SandboxInfo) -> None:
             pass
         if info.pid_namespace:
             _clear_sysv_ipc()
+        _reap(5.0)  # every other process got SIGKILL: reply only once they are gone (a fork bomb takes a while)
     elif _has_children():
         for _ in range(20):  # orphans re-parent to us (subreaper), so the tree stays reachable
             pids = descendants(os.getpid())
