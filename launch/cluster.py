@@ -138,7 +138,8 @@ class Workers:
         rw = self.cfg.reward
         return RewardWorker.options(num_cpus=0).remote(rw.specs(), rw.timeout_s, rw.processes_per_worker,
                                                        os.path.join(self.output_dir, "quarantine.jsonl"),
-                                                       guard=self._guard("reward", k), sandbox=rw.sandbox)
+                                                       guard=self._guard("reward", k), sandbox=rw.sandbox,
+                                                       cgroup=rw.cgroup)
 
     def new_trainers(self) -> list:
         """A whole trainer group, its process group joined (a DeepSpeed group cannot take a new member)."""

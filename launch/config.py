@@ -208,6 +208,12 @@ class RewardConfig:
     form) mean full/off. A function that needs the network (an LLM judge, a reward model over HTTP) sets
     `sandbox: off` in its own entry; the `code` verifier requires userns or full. The level in force is
     logged at start."""
+    cgroup: str = "auto"
+    """How the workers' memory and process limits are enforced: `auto` gives each worker's sandbox a control
+    group (cgroup v2 where delegated to the trainer, or a writable v1 memory/pids hierarchy) that holds the
+    limits for all its processes together and kills them all at teardown, falling back to per-process rlimits
+    (which a function that forks can multiply) where the host allows none; `required` refuses to start
+    without one; `off` uses rlimits only. Which applies is logged at start."""
     num_workers: int = 1
     """K: number of reward worker actors."""
     processes_per_worker: int = 2
@@ -237,6 +243,8 @@ class RewardConfig:
                if isinstance(e, dict) and e.get("sandbox") is not None else e for i, e in enumerate(self.fns)]
         object.__setattr__(self, "fns", fns)  # config.yaml shows levels, not the old booleans
         object.__setattr__(self, "sandbox", _level(self.sandbox, "reward.sandbox"))
+        if self.cgroup not in ("auto", "required", "off"):
+            raise ConfigError(f"reward.cgroup={self.cgroup!r}: use auto, required or off")
 
     def specs(self) -> list[dict[str, Any]]:
         """`fns` as spec dicts, `weights` folded in (reward.registry resolves them)."""

@@ -211,7 +211,8 @@ def evaluate(cfg: Config, target: Target, data: str) -> tuple[dict, Path]:
                                     max_new_tokens=r.max_new_tokens, stop=list(r.stop), seed=e.seed)
     with RewardRunner(cfg.reward.specs(), cfg.reward.timeout_s,
                       num_workers=cfg.reward.num_workers * cfg.reward.processes_per_worker,
-                      quarantine_path=str(out / "quarantine.jsonl"), sandbox=cfg.reward.sandbox) as runner:
+                      quarantine_path=str(out / "quarantine.jsonl"), sandbox=cfg.reward.sandbox,
+                      cgroup=cfg.reward.cgroup) as runner:
         worker = RolloutWorker(r.engine, target.model, engine_kwargs=_engine_kwargs(cfg, None, 0),
                                threads=cfg.trainer.threads_per_worker)
         args = (worker, runner, requests)

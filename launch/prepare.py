@@ -133,10 +133,11 @@ def probe_rewards(cfg: Config, tokenizer, splits: list[tuple[str, Any, list[dict
         quarantine = os.path.join(tmp, "quarantine.jsonl")
         try:
             runner = RewardRunner(rw.specs(), rw.timeout_s, num_workers=1, quarantine_path=quarantine,
-                                  sandbox=rw.sandbox)
+                                  sandbox=rw.sandbox, cgroup=rw.cgroup)
         except Exception as e:  # noqa: BLE001 - a worker that cannot import the functions: the user's to fix
             raise ConfigError(f"reward.fns: the reward workers could not start: {_last_line(str(e))}") from None
         log.info("reward sandbox level: %s (reward.sandbox=%s)", runner.sandbox_level, rw.sandbox)
+        log.info("reward limits: %s (reward.cgroup=%s)", runner.limits_note, rw.cgroup)
         with runner:
             results = runner.score([row for _, _, _, row in probes])
         failed = {}

@@ -28,6 +28,7 @@ HF_TOKEN, AWS_*) never reach a reward function unless its entry names them in `e
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import pickle
@@ -43,11 +44,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reward import sandbox
+from reward import cgroup, sandbox
 from reward.protocol import ProtocolError, decode_reply, frame, pop_frame
 from reward.types import CallOutcome
 
 log = logging.getLogger("reward")
+_group_ids = itertools.count()
+"""Numbers the cgroups this process makes (with its pid: unique on the host)."""
 _logged_notes: set[str] = set()  # what a level does not give is logged once per process
 START_RETRY_S = 0.5
 """Wait after a failed worker start before the next; it doubles with each failure in a row."""
@@ -76,16 +79,30 @@ class _Worker:
     out: memoryview = field(default_factory=lambda: memoryview(b""))
     """What is left to write of the frame being sent (the write end is non-blocking)."""
     start_error: str | None = None
+    group: cgroup.Group | None = None
+    """Its control group (memory and process limits on its whole sandbox), where the host has one."""
+    oom_seen: int = 0
+    """The group's memory-limit kills already reported."""
 
 
 class WorkerPool:
     def __init__(
         self, specs: list[dict[str, Any]], *, num_workers: int, limits: sandbox.Limits,
         level: str = "full", env: Sequence[str] = (), startup_timeout_s: float = 60.0,
+        cgroup_mode: str = "auto",
     ) -> None:
         """`level`: the sandbox level every worker must reach (see reward/sandbox.py); `env`: names of
-        variables of this process passed to the workers besides the allowlist (a judge's API key)."""
+        variables of this process passed to the workers besides the allowlist (a judge's API key);
+        `cgroup_mode`: reward/cgroup.py's MODES (required raises CgroupUnavailable here if there is none)."""
         self._level = sandbox.normalize_level(level)
+        self._cgroup_parent, why = cgroup.find(cgroup_mode)
+        self._limits = limits
+        self.limits_note = (
+            f"{why}: memory_limit_mb={limits.memory_mb} and max_processes={limits.max_processes} hold for each "
+            "worker's processes together" if self._cgroup_parent is not None else
+            f"per-process rlimits only ({why}): memory_limit_mb and max_processes hold for each process, so a "
+            "function that forks can hold a multiple of them")
+        """How the memory and process limits are enforced here (logged at start)."""
         self._config = {"specs": specs, "limits": limits, "sandbox": self._level, "parent_pid": os.getpid()}
         self._num_workers = num_workers
         self._startup_timeout_s = startup_timeout_s
@@ -160,6 +177,14 @@ class WorkerPool:
         c_read, p_write = os.pipe()
         dump_read, dump_write = os.pipe()
         workdir = tempfile.mkdtemp(prefix="reward-worker-")
+        group = None
+        if self._cgroup_parent is not None:
+            try:
+                group = self._cgroup_parent.create(
+                    f"{cgroup.PREFIX}{os.getpid()}-{next(_group_ids)}", memory_mb=self._limits.memory_mb,
+                    max_processes=self._limits.max_processes)
+            except OSError as exc:  # e.g. the delegated subtree is full: this worker runs on its rlimits
+                log.warning("reward worker: no cgroup (%s); its limits are per process", exc)
         fds = (c_read, c_write, dump_write)
         proc = subprocess.Popen(
             [sys.executable, "-m", "reward.pool_worker", *map(str, fds)],
@@ -172,9 +197,16 @@ class WorkerPool:
             os.close(fd)
         for fd in (p_read, p_write, dump_read):
             os.set_blocking(fd, False)
-        w = _Worker(proc, p_read, p_write, dump_read, workdir, time.monotonic() + self._startup_timeout_s)
+        w = _Worker(proc, p_read, p_write, dump_read, workdir, time.monotonic() + self._startup_timeout_s,
+                    group=group)
         self._workers.append(w)
         self._sel.register(p_read, selectors.EVENT_READ, w)
+        if group is not None:
+            try:  # before the configuration is sent: until then the worker waits for it, running nothing of ours
+                group.add(proc.pid)
+            except OSError as exc:
+                self._start_failed(w, f"could not move the worker into its cgroup: {exc}")
+                return
         self._send(w, pickle.dumps(dict(self._config, workdir=workdir)), None)
 
     def _replace_dead(self) -> None:
@@ -302,7 +334,8 @@ class WorkerPool:
             metrics = {k: float(v) for k, v in reply["metrics"].items()}
             outcomes[w.task] = CallOutcome("ok", float(reply["reward"]), metrics, reply.get("stratum"))
         else:
-            outcomes[w.task] = CallOutcome("error", error=reply["error"], traceback=reply["traceback"])
+            error = reply["error"] + self._oom_text(w)
+            outcomes[w.task] = CallOutcome("error", error=error, traceback=reply["traceback"])
         w.state, w.task = "idle", None
         if reply.get("retire") is True:  # it could not clean up after the call (e.g. no descriptor left)
             self._kill(w)
@@ -313,8 +346,21 @@ class WorkerPool:
         else:
             self._fail(w, outcomes, "error", f"worker process died during the call ({self._exit_text(w)})")
 
+    def _oom_text(self, w: _Worker) -> str:
+        """What to add to a failed call's error when its group's memory limit killed a process meanwhile."""
+        if w.group is None:
+            return ""
+        kills = w.group.oom_kills()
+        if kills <= w.oom_seen:
+            return ""
+        w.oom_seen = kills
+        return (f" (the kernel killed a process at the worker's cgroup memory limit, memory_limit_mb="
+                f"{self._limits.memory_mb} for all of its processes together)")
+
     def _fail(self, w: _Worker, outcomes: list[CallOutcome | None] | None, status: str, error: str,
               traceback: str | None = None) -> None:
+        if status == "error":
+            error += self._oom_text(w)
         if w.state == "busy" and w.task is not None and outcomes is not None:
             outcomes[w.task] = CallOutcome(status, error=error, traceback=traceback or error)  # type: ignore[arg-type]
         self._kill(w)
@@ -352,7 +398,12 @@ class WorkerPool:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if w.group is not None:
+            w.group.kill()  # everything the sandbox started, wherever it went (setsid, double fork)
         w.proc.wait()
+        if w.group is not None:
+            w.group.remove()
+            w.group = None
         self._sel.unregister(w.rfd)
         if w.wfd in self._sel.get_map():
             self._sel.unregister(w.wfd)

@@ -34,7 +34,8 @@ class RewardRunner:
         timeout_s: per-call deadline (one function on one row), enforced by killing the worker.
         num_workers: worker processes (calls run concurrently across them, one per worker).
         quarantine_path: JSONL file that gets one line per failed call (None: not written).
-        memory_limit_mb: address-space rlimit of each worker (None: unlimited).
+        memory_limit_mb: address-space rlimit of each worker process and, where it has a cgroup, the memory
+            of all its processes together (None: unlimited).
         sandbox: the isolation level of the workers, exactly (reward/sandbox.py): "full" (no
             network, private /tmp, own uid, writes only in their directory; needs root), "userns"
             (the same namespaces, the runner's uid), "rlimits" (limits only) or "off" (an explicit
@@ -48,6 +49,10 @@ class RewardRunner:
         max_processes: processes (and threads) a worker may have at once.
         max_open_files: file descriptors a worker may hold (RLIMIT_NOFILE).
         startup_timeout_s: how long a worker may take to import its functions.
+        cgroup: "auto" (default): each worker's sandbox gets a control group holding memory_limit_mb and
+            max_processes for all its processes together, where the host lets this process make one
+            (reward/cgroup.py), else the per-process rlimits alone; "required": refuse to start without
+            one (CgroupUnavailable); "off": rlimits only. `limits_note` says which applies.
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class RewardRunner:
         max_processes: int = 64,
         max_open_files: int = 256,
         startup_timeout_s: float = 60.0,
+        cgroup: str = "auto",
     ) -> None:
         if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
             raise ValueError(f"RewardRunner: timeout_s must be a positive number of seconds, got {timeout_s!r}")
@@ -100,7 +106,7 @@ class RewardRunner:
             self._timeouts.append([self.fns[j].timeout_s or self.timeout_s for j in members])
             self._pools.append(WorkerPool([spec_dict(self.fns[j]) for j in members], num_workers=num_workers,
                                           limits=limits, level=pool_level, env=env,
-                                          startup_timeout_s=startup_timeout_s))
+                                          startup_timeout_s=startup_timeout_s, cgroup_mode=cgroup))
         self._spawned_pids = [p.spawned_pids for p in self._pools]  # the pools' own lists: readable after close()
         self._closed = False
         try:
@@ -117,6 +123,11 @@ class RewardRunner:
         if self._closed:
             return None
         return "+".join(dict.fromkeys(p.level or "?" for p in self._pools))
+
+    @property
+    def limits_note(self) -> str:
+        """How memory_limit_mb and max_processes are enforced: per worker by a cgroup, or per process."""
+        return self._pools[0].limits_note
 
     @property
     def worker_restarts(self) -> int:
