@@ -1,13 +1,15 @@
 """Reward scoring throughput, and what process isolation costs per call.
 
     python benchmarks/reward_throughput.py [--rows 600] [--repeats 3] [--workers 1 2 4] [--levels full userns rlimits off]
+        [--isolations call worker]
 
 Measures, for the `math` verifier (math-verify) and a trivial function:
   - in_process: the plain function called in this process (no isolation), µs per call;
   - runner: RewardRunner.score on a batch with 1, 2, 4 workers at the strongest level given, samples/s;
-  - isolation_overhead: µs per call with 1 worker at each sandbox level minus µs per call in
-    process, i.e. the price of pipes, pickling, the per-call fork from the worker's zygote and
-    the per-call cleanup. Levels this machine cannot reach are reported as such and skipped.
+  - isolation_overhead: µs per call with 1 worker at each sandbox level and each `isolation`
+    (`call`: a process forked per call from the worker's zygote, the default; `worker`: calls run in
+    the worker process) minus µs per call in process, i.e. the price of pipes, pickling, the per-call
+    fork and the per-call cleanup. Levels this machine cannot reach are reported as such and skipped.
 Each figure is the median of `--repeats` timed batches after a warm-up batch. Prints one JSON
 object per line. Results are recorded in docs/benchmarks.md ("Reward throughput").
 """
@@ -74,9 +76,11 @@ def bench_in_process(name: str, spec: str, rows: list[dict], repeats: int) -> fl
     return us
 
 
-def bench_runner(name: str, spec: str, rows: list[dict], workers: int, sandbox: str, repeats: int) -> float | None:
+def bench_runner(name: str, spec: str, rows: list[dict], workers: int, sandbox: str, repeats: int,
+                 isolation: str = "call") -> float | None:
     from reward import RewardRunner, RewardWorkerError
 
+    spec = {"fn": spec, "isolation": isolation}
     start = time.perf_counter()
     try:
         RewardRunner([spec], timeout_s=30.0, num_workers=1, sandbox=sandbox).close()
@@ -92,7 +96,8 @@ def bench_runner(name: str, spec: str, rows: list[dict], workers: int, sandbox: 
         level = runner.sandbox_level
     assert all(r.status == "ok" for r in results), [r.error for r in results if r.status != "ok"][:3]
     us = 1e6 * seconds / len(rows)
-    emit({"bench": "runner", "fn": name, "workers": workers, "sandbox": level, "rows": len(rows),
+    emit({"bench": "runner", "fn": name, "workers": workers, "sandbox": level, "isolation": isolation,
+          "rows": len(rows),
           "samples_per_s": round(len(rows) / seconds, 1), "us_per_call": round(us, 1), "startup_s": round(startup_s, 2)})
     return us
 
@@ -103,20 +108,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--levels", nargs="+", default=["full", "userns", "rlimits", "off"])
+    parser.add_argument("--isolations", nargs="+", default=["call", "worker"])
     args = parser.parse_args()
     emit({"bench": "env", "cpus": os.cpu_count(), "python": sys.version.split()[0], "euid": os.geteuid()})
     for name, spec, rows in (("trivial", TRIVIAL_SPEC, trivial_rows(args.rows)), ("math", "math", math_rows(args.rows))):
         in_process_us = bench_in_process(name, spec, rows, args.repeats)
         isolated_us = {}
-        for workers in args.workers:
-            us = bench_runner(name, spec, rows, workers, sandbox=args.levels[0], repeats=args.repeats)
+        for workers in args.workers:  # scaling at the strongest level, with the default isolation
+            us = bench_runner(name, spec, rows, workers, sandbox=args.levels[0], repeats=args.repeats,
+                              isolation=args.isolations[0])
             if workers == 1:
-                isolated_us[args.levels[0]] = us
-        for level in args.levels[1:]:
-            isolated_us[level] = bench_runner(name, spec, rows, 1, sandbox=level, repeats=args.repeats)
-        for level, us in isolated_us.items():
+                isolated_us[args.levels[0], args.isolations[0]] = us
+        for level in args.levels:
+            for isolation in args.isolations:
+                if (level, isolation) not in isolated_us:
+                    isolated_us[level, isolation] = bench_runner(name, spec, rows, 1, sandbox=level,
+                                                                 repeats=args.repeats, isolation=isolation)
+        for (level, isolation), us in isolated_us.items():
             if us is not None:
-                emit({"bench": "isolation_overhead", "fn": name, "sandbox": level, "workers": 1,
+                emit({"bench": "isolation_overhead", "fn": name, "sandbox": level, "isolation": isolation, "workers": 1,
                       "us_per_call_in_process": round(in_process_us, 1), "us_per_call_isolated": round(us, 1),
                       "overhead_us": round(us - in_process_us, 1)})
 

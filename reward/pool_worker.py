@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import faulthandler
+import gc
 import importlib.util
 import inspect
 import os
@@ -43,6 +44,8 @@ from rl.registry import is_file_spec
 
 _LOG_NAME = ".reward-output.log"
 _OUTPUT_TAIL_BYTES = 2000
+CALL_PROCESS_NAME = "reward-call"
+"""The name (comm) of the process waiting for the next call: each zygote has one."""
 _call_pid = 0
 """The process of the call in progress (0 between calls): where a SIGUSR1 goes."""
 
@@ -59,6 +62,7 @@ def main(argv: list[str]) -> int:
         log_path = os.path.join(info.workdir, _LOG_NAME)
         _redirect_output(log_path)
         fns = resolve_specs(config["specs"])  # the first code of the user's that runs: confined
+        _warm_up(fns)
     except sandbox.SandboxUnavailable as exc:  # one line that says why and how; no traceback
         write_frame(wfd, encode_reply({"type": "hello", "ok": False, "error": str(exc)}))
         return 1
@@ -76,15 +80,32 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGUSR1, lambda _sig, _frame: _pass_on_dump_request(dump_fd))
     hello = {"type": "hello", "ok": True, "level": info.level, "uid": info.uid, "notes": info.notes}
     write_frame(wfd, encode_reply(hello))
+    # The imported state goes to the collector's permanent generation: a collection in a call's process would
+    # otherwise walk (and so copy) every page of it.
+    gc.collect()
+    gc.freeze()
+    forks = any(f.isolation == "call" for f in fns)
+    child = _CallProcess(fns, config["limits"], log_path, (rfd, wfd), dump_fd) if forks else None
     while True:
         frame = read_frame(rfd)
         if frame is None:
+            if child is not None:
+                child.discard()
             return 0  # the parent closed the pipe: shut down
         task = pickle.loads(frame)
-        reply = _call_in_child(fns[task["fn"]], task, config["limits"], log_path, (rfd, wfd), dump_fd)
+        rfn = fns[task["fn"]]
+        if rfn.isolation == "worker":  # in this process: what the call leaves in memory stays for the next
+            if child is not None:  # the cleanup after this call kills it: a new one is forked after
+                child.discard()
+                child = None
+            reply, call_pid = _call(rfn, task["row"], task["timeout_s"], config["limits"], log_path), 0
+        else:
+            assert child is not None
+            reply, call_pid = child.run(task, frame), child.pid
+            child = None
         reply.update(type="result", id=task["id"])
         try:
-            _after_call(info, log_path)
+            _after_call(info, log_path, call_pid)
             retire = False
         except OSError:  # e.g. the working directory cannot be cleared: no next call here
             retire = True
@@ -93,6 +114,10 @@ def main(argv: list[str]) -> int:
         write_frame(wfd, encode_reply(reply))
         if retire:
             return 1  # the parent replaces a worker that exits
+        # The next call's process is forked now, while the parent reads this reply and sends the next call:
+        # the fork and the process's set-up are off the path of a call.
+        if forks and child is None:
+            child = _CallProcess(fns, config["limits"], log_path, (rfd, wfd), dump_fd)
 
 
 def reward_view(specs: list[dict[str, Any]]) -> sandbox.View:
@@ -121,60 +146,108 @@ def reward_view(specs: list[dict[str, Any]]) -> sandbox.View:
     return sandbox.host_view(dirs=tuple(dirs), files=tuple(files))
 
 
-def _call_in_child(rfn: RewardFn, task: dict[str, Any], limits: sandbox.Limits, log_path: str,
-                   pool_fds: tuple[int, int], dump_fd: int) -> dict[str, Any]:
-    """Run one call in a child forked from this process's state; its reply, or an error saying how it died."""
-    global _call_pid
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the call's process: no way back to the pool but the reply pipe
+def _warm_up(fns: list[RewardFn]) -> None:
+    """Run each function's `warmup` (a callable attribute taking no arguments, if it has one) in the zygote:
+    what it imports or caches is there, already done, in every call's process."""
+    for rfn in fns:
+        warmup = getattr(rfn.fn, "warmup", None)
+        if callable(warmup):
+            try:
+                warmup()
+            except Exception as exc:  # noqa: BLE001 - a start failure that names the function
+                raise RuntimeError(f"reward fn {rfn.name!r} ({rfn.spec}): its warmup() failed: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+
+
+class _CallProcess:
+    """The process the next call runs in: forked from the zygote's state before the call arrives, set up
+    (stack dumps on SIGUSR1), then waiting for its task on a pipe of its own. It holds no descriptor to the
+    pool: its only way out is its reply pipe, which it closes once it has written its reply."""
+
+    def __init__(self, fns: list[RewardFn], limits: sandbox.Limits, log_path: str, pool_fds: tuple[int, int],
+                 dump_fd: int) -> None:
+        self.log_path = log_path
+        task_read, self.task_write = os.pipe()
+        self.reply_read, reply_write = os.pipe()
+        self.pid = _fork_retrying()
+        if self.pid == 0:
+            try:
+                sandbox.die_with_parent()
+                sandbox.name_process(CALL_PROCESS_NAME)
+                for fd in (*pool_fds, self.task_write, self.reply_read):
+                    os.close(fd)
+                signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+                faulthandler.register(signal.SIGUSR1, file=dump_fd, all_threads=True)
+                # A thread that only waits: when the call masks every signal in its own thread, SIGUSR1 is
+                # delivered to this one and faulthandler (C) still writes every thread's stack.
+                threading.Thread(target=threading.Event().wait, name="reward-stack-dump", daemon=True).start()
+                frame = read_frame(task_read)
+                os.close(task_read)
+                if frame is not None:
+                    task = pickle.loads(frame)
+                    reply = _call(fns[task["fn"]], task["row"], task["timeout_s"], limits, log_path)
+                    view = memoryview(encode_reply(dict(reply, type="result", id=task["id"])))
+                    while view:
+                        view = view[os.write(reply_write, view):]
+                    os.close(reply_write)  # the reply is complete: EOF tells the zygote so
+            finally:
+                os._exit(0)
+        os.close(task_read)
+        os.close(reply_write)
+
+    def run(self, task: dict[str, Any], frame: bytes) -> dict[str, Any]:
+        """Hand the call to the process; its reply, or an error saying how it died."""
+        global _call_pid
+        _call_pid = self.pid
         try:
-            sandbox.die_with_parent()
-            os.close(read_end)
-            for fd in pool_fds:
-                os.close(fd)
-            signal.signal(signal.SIGUSR1, signal.SIG_DFL)
-            faulthandler.register(signal.SIGUSR1, file=dump_fd, all_threads=True)
-            # A thread that only waits: when the call masks every signal in its own thread, SIGUSR1 is delivered
-            # to this one and faulthandler (C) still writes every thread's stack.
-            threading.Thread(target=threading.Event().wait, name="reward-stack-dump", daemon=True).start()
-            reply = _call(rfn, task["row"], task["timeout_s"], limits, log_path)
-            body = encode_reply(dict(reply, type="result", id=task["id"]))
-            view = memoryview(body)
-            while view:
-                view = view[os.write(write_end, view):]
+            try:
+                write_frame(self.task_write, frame)
+            except OSError:  # EPIPE: it died before the call (e.g. killed at the memory limit): read how
+                pass
+            os.close(self.task_write)
+            body, status = _collect(self.pid, self.reply_read)
         finally:
-            os._exit(0)
-    os.close(write_end)
-    _call_pid = pid
+            _call_pid = 0
+            os.close(self.reply_read)
+        if len(body) > MAX_REPLY_BYTES:
+            return _error(f"the result is over {MAX_REPLY_BYTES} bytes of JSON, the limit")
+        if not body:
+            return _error(f"the call's process {_death(status)} before it returned a result", self.log_path)
+        try:
+            reply = decode_reply(body)
+            if reply["type"] != "result" or reply["id"] != task["id"]:
+                raise ProtocolError("not the result of this call")
+        except ProtocolError as exc:
+            return _error(f"the call's process sent a malformed result ({exc})", self.log_path)
+        return reply
+
+    def discard(self) -> None:
+        os.close(self.task_write)  # it reads EOF and exits
+        os.close(self.reply_read)
+
+
+def _fork_retrying() -> int:
+    """fork(); when the process limit is reached by processes killed after the last call that are not yet
+    reaped, reap them and try again."""
     try:
-        body, status = _collect(pid, read_end)
-    finally:
-        _call_pid = 0
-        os.close(read_end)
-    if len(body) > MAX_REPLY_BYTES:
-        return _error(f"the result is over {MAX_REPLY_BYTES} bytes of JSON, the limit")
-    if not body:
-        return _error(f"the call's process {_death(status)} before it returned a result", log_path)
-    try:
-        reply = decode_reply(body)
-        if reply["type"] != "result" or reply["id"] != task["id"]:
-            raise ProtocolError("not the result of this call")
-    except ProtocolError as exc:
-        return _error(f"the call's process sent a malformed result ({exc})", log_path)
-    return reply
+        return os.fork()
+    except BlockingIOError:
+        sandbox.reap(5.0)
+        return os.fork()
 
 
 def _collect(pid: int, read_end: int) -> tuple[bytes, int]:
-    """The reply and the exit status of the call's process: read until it exits (not until EOF: something it
-    started may hold the pipe open). A reply over the size limit kills it; reading stops there."""
+    """The reply and the exit status of the call's process (0 if it has not exited yet): read until the pipe
+    reaches EOF (every copy of its write end is closed: nothing more can be written, and a second frame
+    makes the reply malformed) or until the process exits (something it started may hold the pipe open).
+    A reply over the size limit kills it; reading stops there."""
     chunks: list[bytes] = []
     os.set_blocking(read_end, False)
     try:
         pidfd: int | None = os.pidfd_open(pid)
     except OSError:  # a kernel before 5.3: poll
         pidfd = None
-    done = False
+    done, status = False, 0
     try:
         while True:
             waiting = ([] if done else [read_end]) + ([pidfd] if pidfd is not None else [])
@@ -185,7 +258,7 @@ def _collect(pid: int, read_end: int) -> tuple[bytes, int]:
                     os.kill(pid, signal.SIGKILL)
                     done = True
             exited, status = os.waitpid(pid, os.WNOHANG)
-            if exited:
+            if exited or (done and chunks):  # with nothing written, how it ended is the error: wait for it
                 break
     finally:
         if pidfd is not None:
@@ -284,9 +357,9 @@ def _raised_by_fork(exc: BaseException) -> bool:
     return bool(names & {"fork", "forkpty", "fork_exec", "_fork_exec", "posix_spawn", "posix_spawnp", "spawnv"})
 
 
-def _after_call(info: sandbox.SandboxInfo, log_path: str) -> None:
+def _after_call(info: sandbox.SandboxInfo, log_path: str, call_pid: int) -> None:
     """Leave the worker as it was before the call: nothing of the call running, an empty working directory."""
-    sandbox.kill_strays(info)
+    sandbox.kill_strays(info, call_pid)
     os.chdir(info.workdir)
     for entry in os.listdir(info.workdir):
         path = os.path.join(info.workdir, entry)

@@ -69,7 +69,11 @@ COMPLETION_IDS = "_completion_ids"
 """Row key of the completion's token ids (TRL's `completion_ids`)."""
 _INTERNAL_KEYS = (SOURCE_PROMPT, COMPLETION_IDS)
 _ROW_TEXT_KEYS = ("prompt", "completion", *_INTERNAL_KEYS)
-_SPEC_KEYS = ("fn", "weight", "name", "timeout_s", "sandbox", "data_sources", "api", "args", "env")
+_SPEC_KEYS = ("fn", "weight", "name", "timeout_s", "sandbox", "data_sources", "api", "args", "env", "isolation")
+ISOLATIONS = ("call", "worker")
+"""A function's `isolation`: each call in a process of its own forked from the worker's imported state
+(`call`, the default: nothing one call plants reaches the next), or every call in the worker process itself
+(`worker`: no fork per call, for functions that never run what they score; see docs/reward.md)."""
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 APIS = ("auto", "native", "verl", "trl", "openrlhf")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -108,6 +112,8 @@ class RewardFn:
     """Every parameter name of the function (a convention's own arguments are passed only if it takes them)."""
     env: tuple[str, ...] = ()
     """Environment variables its workers get besides the allowlist (reward/pool.py ENV_ALLOWLIST)."""
+    isolation: str = "call"
+    """`call`: each call runs in a fresh process forked from the worker; `worker`: in the worker (ISOLATIONS)."""
 
     @property
     def required_sandbox(self) -> str | None:
@@ -314,19 +320,23 @@ def _parse_entry(i: int, entry: str | dict[str, Any]) -> dict[str, Any]:
     api = entry.get("api", "auto")
     if api not in APIS:
         raise RewardSpecError(f"{where}: api={api!r}; use one of {list(APIS)}")
+    isolation = entry.get("isolation", "call")
+    if isolation not in ISOLATIONS:
+        raise RewardSpecError(f"{where}: isolation={isolation!r}; use call (a process per call, the default) "
+                              "or worker (calls share the worker process)")
     args = entry.get("args") or {}
     if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
         raise RewardSpecError(f"{where}: args must be a mapping of keyword arguments, got {args!r}")
     return {"fn": entry["fn"], "weight": float(weight), "name": entry.get("name"),
             "timeout_s": None if timeout is None else float(timeout), "sandbox": sandbox, "data_sources": sources,
-            "api": api, "args": dict(args), "env": tuple(dict.fromkeys(env))}
+            "api": api, "args": dict(args), "env": tuple(dict.fromkeys(env)), "isolation": isolation}
 
 
 def spec_dict(fn: RewardFn) -> dict[str, Any]:
     """The spec entry that resolves to `fn` again (in a process with another working directory too)."""
     return {"fn": absolute_spec(fn.spec), "weight": fn.weight, "name": fn.name, "timeout_s": fn.timeout_s,
             "sandbox": fn.sandbox, "data_sources": None if fn.data_sources is None else sorted(fn.data_sources),
-            "api": fn.api, "args": dict(fn.args), "env": list(fn.env)}
+            "api": fn.api, "args": dict(fn.args), "env": list(fn.env), "isolation": fn.isolation}
 
 
 def _default_name(spec: str) -> str:

@@ -583,8 +583,18 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def kill_strays(info: SandboxInfo) -> None:
-    """Kill what a call left running in this sandbox, then reap it."""
+def name_process(name: str) -> None:
+    """Set this process's name (comm, as `ps` and /proc/PID/stat show it; 15 bytes at most)."""
+    _libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+
+
+def kill_strays(info: SandboxInfo, call_pid: int = 0) -> None:
+    """Kill what a call (its process `call_pid`, done with its reply) left running in this sandbox.
+
+    In a PID namespace (or under a uid of its own) one kill(-1) reaches all of it; a SIGKILLed process never
+    runs user code again, so they are reaped as they finish dying rather than waited for (`reap`, and a fork
+    that finds the process limit full reaps first). Elsewhere the call's process is waited for, then, if
+    something it started is left (orphans re-parent to us, a subreaper), the process tree is walked."""
     if info.pid_namespace or (info.level == "full" and info.uid >= SANDBOX_UID_BASE):
         try:
             os.kill(-1, signal.SIGKILL)  # PID 1 of its namespace or its own uid: every other process of this sandbox
@@ -592,9 +602,12 @@ def kill_strays(info: SandboxInfo) -> None:
             pass
         if info.pid_namespace:
             _clear_sysv_ipc()
-        _reap(5.0)  # every other process got SIGKILL: reply only once they are gone (a fork bomb takes a while)
-    elif _has_children():
-        for _ in range(20):  # orphans re-parent to us (subreaper), so the tree stays reachable
+        reap(0.0)
+        return
+    if call_pid:
+        _wait_for(call_pid, 1.0)
+    if _has_children():
+        for _ in range(20):
             pids = descendants(os.getpid())
             if not pids:
                 break
@@ -603,8 +616,25 @@ def kill_strays(info: SandboxInfo) -> None:
                     os.kill(p, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            _reap(0.05)
-    _reap(0.5)
+            reap(0.05)
+    reap(0.5)
+
+
+def _wait_for(pid: int, budget_s: float) -> None:
+    """Reap `pid` (which is exiting by itself), killing it if it is still there after `budget_s`."""
+    end = time.monotonic() + budget_s
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done:
+            return
+        if time.monotonic() > end:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return
+        time.sleep(0.0002)
 
 
 def _clear_sysv_ipc() -> None:
@@ -630,7 +660,8 @@ def _has_children() -> bool:
     return True
 
 
-def _reap(budget_s: float) -> None:
+def reap(budget_s: float) -> None:
+    """Reap exited children until none is left or `budget_s` has passed (0: those already exited)."""
     end = time.monotonic() + budget_s
     while True:
         try:

@@ -155,6 +155,16 @@ def dapo_math_reward(prompt: str, completion: str, *, answer: Any, **sample: Any
     return {**out, "reward": 2.0 * out["acc"] - 1.0}
 
 
+def _warm_math() -> None:
+    """Import math-verify and run it once: in a reward worker this happens before the first call's process is
+    forked, so no call pays for the import (a quarter of a second) or the parsers' first use."""
+    math_equal("0.5", r"\frac{1}{2}")
+
+
+math_reward.warmup = _warm_math  # type: ignore[attr-defined]  # run by reward/pool_worker.py
+dapo_math_reward.warmup = _warm_math  # type: ignore[attr-defined]
+
+
 def arith_reward(prompt: str, completion: str, *, answer: Any, **sample: Any) -> dict[str, float]:
     """1.0 if the last integer in the completion equals int(answer), else 0.0 (exact; no tolerance);
     `acc` is the same verdict.

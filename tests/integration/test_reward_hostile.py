@@ -24,6 +24,7 @@ import pytest
 import reward
 from reward import RewardRunner
 from reward.sandbox import SANDBOX_UID_BASE
+from reward.pool_worker import CALL_PROCESS_NAME
 
 TIMEOUT_S = 2.0
 MARGIN_S = 3.0  # worker kill + replacement start, on a loaded 2-core machine
@@ -212,11 +213,17 @@ def _process_picture(runner, own_children) -> tuple[list[int], list[int], list[t
         children = {p.pid for p in own_children() if p.status() != psutil.STATUS_ZOMBIE}
         # Listed after the children: a process listed there is still here, or gone, when the zygotes are listed.
         zygotes = {c.pid for w in runner.worker_pids for c in psutil.Process(w).children()}
-        calls = [c.pid for z in zygotes for c in psutil.Process(z).children()]
+        spares, calls = set(), []  # each zygote has the process for its next call ready, waiting
+        for z in zygotes:
+            kids = [c for c in psutil.Process(z).children() if c.status() != psutil.STATUS_ZOMBIE]
+            ready = [c.pid for c in kids if c.name() == CALL_PROCESS_NAME][:1]
+            spares |= set(ready)
+            calls += [c.pid for c in kids if c.pid not in ready]
     except psutil.NoSuchProcess as exc:  # something exited while being read: read again
         return [exc.pid], [], []
-    extra = sorted(children - set(runner.worker_pids) - zygotes)
-    leftovers = [(p.pid, p.name()) for p in _sandbox_processes(runner.spawned_pids) if p.pid not in zygotes]
+    extra = sorted(children - set(runner.worker_pids) - zygotes - spares)
+    leftovers = [(p.pid, p.name()) for p in _sandbox_processes(runner.spawned_pids)
+                 if p.pid not in zygotes | spares]
     return extra, calls, leftovers
 
 
@@ -373,6 +380,17 @@ def test_state_planted_by_one_call_does_not_reach_the_next(level):
         assert later.metrics["hostile/fds"] == before.metrics["hostile/fds"], later
 
 
+def test_isolation_worker_shares_the_worker_process():
+    """{isolation: worker} runs calls in the worker itself, faster, and then a planted patch does reach the
+    next call (what the option gives up; docs/reward.md): the per-call default above is what stops it."""
+    rows = [{"prompt": "p", "completion": "x", "answer": "x", "case": "plant"},
+            {"prompt": "p", "completion": "wrong", "answer": "x", "case": "planted"}]
+    with RewardRunner([{"fn": SPEC, "isolation": "worker"}], timeout_s=TIMEOUT_S, num_workers=1,
+                      sandbox="rlimits") as runner:
+        _, wrong = runner.score(rows)
+    assert wrong.reward == 1.0, wrong
+
+
 def test_without_sandbox_deadline_and_crash_isolation_still_hold(own_children):
     """sandbox=False (for functions that need the network) keeps deadlines and process isolation."""
     cases = ["good", "spin", "segfault", "raises", "good"]
@@ -382,12 +400,28 @@ def test_without_sandbox_deadline_and_crash_isolation_still_hold(own_children):
         start = time.monotonic()
         results = runner.score(rows)
         elapsed = time.monotonic() - start
-        pids = runner.worker_pids
-        strays = [p for p in own_children() if p.pid not in pids]
+        # Besides the workers, only the process each keeps ready for its next call (a killed call's process
+        # may take a moment to be gone).
+        assert _settles(lambda: not _strays(runner, own_children)), _strays(runner, own_children)
     assert elapsed < TIMEOUT_S + MARGIN_S
     assert [r.status for r in results] == ["ok", "timeout", "error", "error", "ok"]
-    assert not strays, [p.cmdline() for p in strays]
-    assert not own_children()
+    assert _settles(lambda: not own_children()), own_children()
+
+
+def _strays(runner, own_children) -> list[tuple[int, str]]:
+    """The test's live descendants that are neither a worker nor the one process a worker keeps ready."""
+    out, ready_seen = [], set()
+    for p in own_children():
+        try:
+            if p.pid in runner.worker_pids or p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if p.name() == CALL_PROCESS_NAME and p.ppid() in runner.worker_pids and p.ppid() not in ready_seen:
+                ready_seen.add(p.ppid())
+                continue
+            out.append((p.pid, p.name()))
+        except psutil.NoSuchProcess:
+            continue
+    return out
 
 
 if __name__ == "__main__":

@@ -39,6 +39,32 @@ def broken_in_workers(prompt, completion, **sample):
     return 1.0
 
 
+_WARM = {"pid": 0}
+
+
+def warmed(prompt, completion, **sample):
+    """Whether its warmup ran in the worker before this call's process was forked from it."""
+    return {"reward": float(_WARM["pid"] not in (0, os.getpid())), "warm_pid": float(_WARM["pid"])}
+
+
+def _warm() -> None:
+    _WARM["pid"] = os.getpid()
+
+
+warmed.warmup = _warm
+
+
+def warmup_fails(prompt, completion, **sample):
+    return 1.0
+
+
+def _fail_warmup() -> None:
+    raise OSError("no model file")
+
+
+warmup_fails.warmup = _fail_warmup
+
+
 if sys.argv[0].endswith("pool_worker.py"):
     broken_in_workers = None  # type: ignore[assignment]  # only the worker processes see this
 
@@ -105,6 +131,24 @@ def test_worker_start_failure_is_reported_and_cleaned_up():
     with pytest.raises(RewardWorkerError, match="is a NoneType, not a function"):
         RewardRunner([f"{HERE}:broken_in_workers"], num_workers=2)
     assert psutil.Process().children() == before
+
+
+def test_warmup_runs_once_in_the_worker_before_the_calls():
+    """A function's `warmup` runs in the worker (the zygote): each call's process is forked with it done."""
+    rows = [{"prompt": "p", "completion": "c"}] * 3
+    with RewardRunner([f"{HERE}:warmed"], num_workers=1, sandbox="rlimits") as r:
+        results = r.score(rows)
+        [worker] = r.worker_pids
+    assert [x.reward for x in results] == [1.0] * 3, results  # warmed in another process than each call's
+    assert {x.metrics["warmed/warm_pid"] for x in results} == {float(worker)}  # the worker, once
+    with pytest.raises(RewardWorkerError, match=r"reward fn 'warmup_fails' .* its warmup\(\) failed: OSError: no "
+                                                r"model file"):
+        RewardRunner([f"{HERE}:warmup_fails"], num_workers=1, sandbox="rlimits")
+
+
+def test_isolation_must_be_call_or_worker():
+    with pytest.raises(RewardSpecError, match="isolation='fork'; use call"):
+        RewardRunner([{"fn": "math", "isolation": "fork"}])
 
 
 def test_rows_must_have_prompt_and_completion(runner):
