@@ -10,6 +10,9 @@ Measures, for the `math` verifier (math-verify) and a trivial function:
     (`call`: a process forked per call from the worker's zygote, the default; `worker`: calls run in
     the worker process) minus µs per call in process, i.e. the price of pipes, pickling, the per-call
     fork and the per-call cleanup. Levels this machine cannot reach are reported as such and skipped.
+  - fork_anatomy: where a per-call process's time goes, without the pool: the function's own time
+    inside a child forked from a warmed, gc-frozen process against the same call in that process
+    (copy-on-write faults on the pages the call touches), and the bare fork-to-first-byte time.
 Each figure is the median of `--repeats` timed batches after a warm-up batch. Prints one JSON
 object per line. Results are recorded in docs/benchmarks.md ("Reward throughput").
 """
@@ -102,6 +105,47 @@ def bench_runner(name: str, spec: str, rows: list[dict], workers: int, sandbox: 
     return us
 
 
+def bench_fork_anatomy(name: str, spec: str, rows: list[dict]) -> None:
+    import gc
+
+    from reward import resolve_specs
+
+    (fn,) = resolve_specs([spec])
+    warmup = getattr(fn.fn, "warmup", None)
+    if callable(warmup):
+        warmup()
+    for row in rows[:20]:
+        fn(row)
+    gc.collect()
+    gc.freeze()
+    read, write = os.pipe()
+    in_parent, in_child, first_byte = [], [], []
+    for row in rows[:200]:  # first, without a fork in between (after one, the parent's writes fault too)
+        start = time.perf_counter()
+        fn(row)
+        in_parent.append(time.perf_counter() - start)
+    for row in rows[:200]:
+        start = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os.write(write, b"x")
+            began = time.perf_counter()
+            fn(row)
+            os.write(write, f"{time.perf_counter() - began:.9f}".encode().ljust(32))
+            os._exit(0)
+        os.read(read, 1)
+        first_byte.append(time.perf_counter() - start)
+        in_child.append(float(os.read(read, 32)))
+        os.waitpid(pid, 0)
+    os.close(read)
+    os.close(write)
+    gc.unfreeze()
+    emit({"bench": "fork_anatomy", "fn": name, "calls": len(in_parent),
+          "us_call_in_process": round(1e6 * statistics.median(in_parent), 1),
+          "us_call_in_forked_child": round(1e6 * statistics.median(in_child), 1),
+          "us_fork_to_first_byte": round(1e6 * statistics.median(first_byte), 1)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=600)
@@ -113,6 +157,7 @@ def main() -> None:
     emit({"bench": "env", "cpus": os.cpu_count(), "python": sys.version.split()[0], "euid": os.geteuid()})
     for name, spec, rows in (("trivial", TRIVIAL_SPEC, trivial_rows(args.rows)), ("math", "math", math_rows(args.rows))):
         in_process_us = bench_in_process(name, spec, rows, args.repeats)
+        bench_fork_anatomy(name, spec, rows)
         isolated_us = {}
         for workers in args.workers:  # scaling at the strongest level, with the default isolation
             us = bench_runner(name, spec, rows, workers, sandbox=args.levels[0], repeats=args.repeats,
