@@ -5,10 +5,12 @@ user, so they are readable whatever their mode), confines itself at the pool's l
 (reward/sandbox.py; a level it cannot reach is a failed start whose error is the one-line refusal),
 and only then imports the reward functions: a reward module's import-time code, threads included,
 runs inside the sandbox. The process is then a zygote: it says hello and serves one call at a time
-by forking a child from its freshly imported state. The child runs the function on the row and
-sends its reply back through a pipe of its own (it holds no descriptor to the pool: it cannot talk
-to the parent or forge a frame), then exits; whatever a call planted (threads, monkeypatches,
-open descriptors, module state) dies with it, so no call sees another's. After each call the zygote
+in a child forked from its freshly imported state (after each function's optional `warmup()`). The
+child is forked ahead, right after the previous reply, and waits for its call on a pipe; it runs the
+function on the row and sends its reply back through a pipe of its own (it holds no descriptor to the
+pool: it cannot talk to the parent or forge a frame), closes it and exits; whatever a call planted
+(threads, monkeypatches, open descriptors, module state) dies with it, so no call sees another's. A
+function with `isolation: worker` is called in the zygote itself instead. After each call the zygote
 kills whatever the call left running (the whole PID namespace but itself, at levels full and
 userns), clears its working directory and replies. Its stdout and stderr go to a file in its
 working directory, capped by the file-size rlimit; the end of that file is added to an error's
