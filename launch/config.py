@@ -195,8 +195,8 @@ class RewardConfig:
     fns: list[Any] = field(default_factory=lambda: ["arith"])
     """Reward functions: built-in names, `pkg.mod:fn` or `path/to/file.py:fn` (native, verl, TRL and OpenRLHF
     signatures are recognised), or dicts of per-function options {fn, name, weight, timeout_s, sandbox,
-    data_sources, api, args, env, isolation}; summed with their weights. Each is called on a real dataset row at start-up.
-    A function's `sandbox` is a level as for reward.sandbox; `env` lists environment variables its workers
+    data_sources, api, args, env, isolation}; summed with their weights. Each is called on a real dataset
+    row at start-up. A function's `sandbox` is a level as for reward.sandbox; `env` lists environment variables its workers
     get besides the allowlist (e.g. [OPENAI_API_KEY] for a judge; each must be set at start); `isolation:
     worker` runs its calls in the worker process instead of a fresh process per call (faster; only for
     functions that never execute what they score, see docs/reward.md)."""
