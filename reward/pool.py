@@ -386,20 +386,21 @@ class WorkerPool:
     def _kill(self, w: _Worker) -> None:
         """SIGKILL the worker, everything it started, and clean up after it."""
         pid = w.proc.pid
-        strays = sandbox.descendants(pid) if self.level != "full" else []
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if os.geteuid() == 0 and self._level == "full":
-            sandbox.kill_uid(sandbox.SANDBOX_UID_BASE + pid)  # escaped the group (setsid) or not
-        for p in strays:
+        if w.group is not None:  # everything the sandbox started, wherever it went (setsid, double fork)
+            w.group.kill()
+        else:  # without a group: its process group, its sandbox uid, and the tree as it is now
+            strays = sandbox.descendants(pid) if self.level != "full" else []
             try:
-                os.kill(p, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if w.group is not None:
-            w.group.kill()  # everything the sandbox started, wherever it went (setsid, double fork)
+            if os.geteuid() == 0 and self._level == "full":
+                sandbox.kill_uid(sandbox.SANDBOX_UID_BASE + pid)  # escaped the group (setsid) or not
+            for p in strays:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         w.proc.wait()
         if w.group is not None:
             w.group.remove()

@@ -157,7 +157,7 @@ def dapo_math_reward(prompt: str, completion: str, *, answer: Any, **sample: Any
 
 def _warm_math() -> None:
     """Import math-verify and run it once: in a reward worker this happens before the first call's process is
-    forked, so no call pays for the import (a quarter of a second) or the parsers' first use."""
+    forked, so no call pays for the import or the parsers' first use."""
     math_equal("0.5", r"\frac{1}{2}")
 
 
