@@ -184,6 +184,9 @@ def create_workers(cfg: Config, model_path: str, output_dir: str) -> Workers:
     w.trainer = w.new_trainers()
     for role in ("rollout", "reward", "trainer"):
         w.ping(role, getattr(w, role))
+    refs = [w.trainer[0].describe_precision.remote(), w.rollout[0].describe_precision.remote()]
+    trainer, rollout = gather(w.stack_dir, refs, ["trainer[0]", "rollout[0]"], "starting", cfg.faults.start_timeout_s)
+    log.info("precision: trainer %s, rollout %s (model.dtype=%s)", trainer, rollout, cfg.model.dtype)
     return w
 
 

@@ -154,7 +154,10 @@ class Driver:
             self.generated_tokens += tokens
             last = step == t.total_steps or self.budget_spent()
             if self.prep.eval_rows and (last or (t.eval_every and step % t.eval_every == 0)):
+                t_eval = time.perf_counter()
                 metrics.update(self.evaluate())
+                timing["perf/eval_s"] = time.perf_counter() - t_eval
+            timing.update(self.rollout_memory())
             step_time = time.perf_counter() - t0
             metrics.update(timing, **{"perf/step_time_s": step_time, "perf/tokens_per_s": tokens / step_time,
                                       "perf/generated_tokens": tokens,
@@ -391,6 +394,15 @@ class Driver:
         published = self.trainer_call("publish_weights", "gathering weights")[0]  # rank 0's holds any buckets
         self.version, self.synced = version, True
         self._on_rollout(lambda w: w.update_weights.remote(published, version), "loading weights")
+
+    def rollout_memory(self) -> dict[str, float]:
+        """perf/rollout_{rss,peak_rss}_mb: the largest rollout worker's memory. A metric, not a health check:
+        a worker that does not answer within seconds is left out here (the next real call finds a dead one)."""
+        try:
+            reports = ray.get([w.memory.remote() for w in self.w.rollout], timeout=10.0)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+            return {}
+        return {f"perf/rollout_{k}": max(r.get(k, 0.0) for r in reports) for k in sorted({k for r in reports for k in r})}
 
     def _on_rollout(self, call: Callable, phase: str) -> None:
         """`call(worker)` on every rollout worker; one that fails is replaced (the replacement loads the

@@ -14,6 +14,7 @@ The LM head is invoked through its own module call so that ZeRO-3's gather hooks
 from __future__ import annotations
 
 import types
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -24,17 +25,19 @@ from rl.batch import MicroBatch, unpack
 from rl.loss_config import LossConfig, LossInputs
 from rl.losses import kl_penalty, policy_loss
 from rl.ops import fused_policy_loss, token_logprobs_entropy
+from rl.precision import Precision
 
 
 class PolicyModule(nn.Module):
     """`logit_scale`: the model's own multiplier on its LM-head logits (Cohere `logit_scale`, Granite
     1/`logits_scaling`), folded into the temperature so that the fused op sees plain `h·Wᵀ / T`."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, body_precision: Precision | None = None):
         super().__init__()
         disable_dropout(model)
         self.model = model
         self.logit_scale = check_head(model)
+        self.body_precision = body_precision  # bf16 autocast on a CPU (rl.precision); None: the weights' dtype
 
     @property
     def head(self) -> nn.Module:
@@ -42,9 +45,12 @@ class PolicyModule(nn.Module):
 
     def hidden_states(self, mb: MicroBatch) -> torch.Tensor:
         body = self.model.base_model
-        out = body(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
-                   use_cache=False)
+        with self.body_precision.body() if self.body_precision is not None else nullcontext():
+            out = body(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
+                       use_cache=False)
         hidden = out.last_hidden_state  # (b, L, H)
+        if self.body_precision is not None and self.body_precision.autocast:
+            hidden = hidden.to(self.body_precision.params)  # the head, logprobs and loss in fp32
         return hidden.reshape(-1, hidden.shape[-1]).index_select(0, mb.token_index)  # (n, H)
 
     def _call_head(self, fn: Callable[[torch.Tensor, torch.Tensor], Any], hidden: torch.Tensor) -> Any:

@@ -162,7 +162,9 @@ def mix_replay(samples: list[Sample], buffer: ReplayBuffer | None, rng: torch.Ge
 def train_metrics(results: list[TrainResult], batch: list[Sample]) -> dict[str, float]:
     """The step's loss/* and actor/* from every rank's micro-batch records: `loss/*` (each a micro-batch's share
     of its mini-batch loss) and `actor/num_tokens` summed per update, `*_max` the max, the rest token-weighted
-    by `actor/num_tokens`; and the trainer-vs-engine logprob gap of the trained tokens from the ranks' sums."""
+    by `actor/num_tokens`; the trainer-vs-engine logprob gap of the trained tokens from the ranks' sums; and
+    `perf/<phase>_s` (the slowest rank's seconds per phase) and `perf/trainer_{rss,peak_rss}_mb` (the
+    largest rank's memory)."""
     records = [rec for res in results for rec in res.records]
     updates = max(results[0].updates, 1)
     out: dict[str, float] = {}
@@ -184,6 +186,10 @@ def train_metrics(results: list[TrainResult], batch: list[Sample]) -> dict[str, 
     if results[0].grad_norms:
         out["actor/grad_norm"] = sum(results[0].grad_norms) / len(results[0].grad_norms)
     out["actor/skipped_zero_adv_frac"] = sum(r.skipped for r in results) / max(len(batch), 1)
+    for phase in sorted({k for r in results for k in r.timing}):  # the slowest rank sets the pace
+        out[f"perf/{phase}_s"] = max(r.timing.get(phase, 0.0) for r in results)
+    for key in sorted({k for r in results for k in r.memory}):  # rss_mb, peak_rss_mb: the largest rank
+        out[f"perf/trainer_{key}"] = max(r.memory.get(key, 0.0) for r in results)
     out["actor/trained_samples"] = len(batch)
     out["actor/informative_samples"] = sum(1 for s in batch if s.advantage)  # fresh and replayed
     out.setdefault("loss/policy", 0.0)  # every sample skipped: all advantages 0, the loss is exactly 0

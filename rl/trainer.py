@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from contextlib import contextmanager
 from datetime import timedelta
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -32,7 +34,9 @@ import torch.distributed as dist
 
 from rl.batch import MicroBatch, collate, split_by_token_budget
 from rl.faults import Guard, GuardSpec, guarded
+from rl import precision
 from rl.loss_config import LossConfig
+from rl.memory import process_memory_mb
 from rl.lr_schedule import make_lr_scheduler
 from rl.policy import PARITY_KEYS, PolicyModule, parity_sums
 from rl.safe_load import load_weights_only
@@ -41,6 +45,10 @@ from rl.weight_sync import Deadline, PublishedWeights, WeightPublisher, full_sta
 
 if TYPE_CHECKING:  # the launch schema's sections, sent to every rank as they are (frozen dataclasses)
     from launch.config import ModelConfig, TrainerConfig
+
+
+TIMED_PHASES = ("old_logprobs", "ref_logprobs", "forward", "backward", "optimizer")
+"""The phases of `train_step` whose seconds each rank reports (TrainResult.timing; perf/<phase>_s)."""
 
 
 class TrainerWorker:
@@ -89,14 +97,16 @@ class TrainerWorker:
                                    timeout=timedelta(seconds=self.collective_timeout_s))  # faults.trainer_timeout_s
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
         torch.manual_seed(seed)
-        dtype = torch.bfloat16 if (use_cuda and model_cfg.dtype in ("auto", "bfloat16")) else torch.float32
+        self.precision = precision.resolve(model_cfg.dtype, self.device.type)
+        # GPU bf16: DeepSpeed's bf16 mode; CPU bf16: fp32 weights, the body under autocast (rl/precision.py)
+        dtype = torch.bfloat16 if use_cuda and self.precision.compute == torch.bfloat16 else torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model_cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
                                                      trust_remote_code=model_cfg.trust_remote_code)
         if model_cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        self.policy = PolicyModule(model)
+        self.policy = PolicyModule(model, self.precision)
         optimizer = torch.optim.AdamW(self.policy.parameters(), lr=trainer_cfg.lr,
                                       weight_decay=trainer_cfg.weight_decay, betas=(0.9, 0.999))
         # planned for the nominal update count (rl/lr_schedule.py); DeepSpeed steps it and checkpoints its state
@@ -118,11 +128,25 @@ class TrainerWorker:
         self.engine.checkpoint_engine = _WeightsOnlyLoads(self.engine.checkpoint_engine)
         self.ref = None
         if need_ref:  # frozen reference policy for the KL term (never wrapped by DeepSpeed)
-            self.ref = PolicyModule(AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)).to(self.device).eval()
+            self.ref = PolicyModule(AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype),
+                                    self.precision).to(self.device).eval()
             for p in self.ref.parameters():
                 p.requires_grad_(False)
 
     # -- training -----------------------------------------------------------------------------
+    @contextmanager
+    def _timed(self, phase: str):
+        """Add the block's wall time to this step's `phase` seconds (TrainResult.timing). On a GPU the clock
+        is read after a synchronize, so each phase is charged its own kernels."""
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync()
+            self._timing[phase] += time.perf_counter() - t0
+
     @guarded
     def train_step(self, samples: list[Sample], num_mini_batches: int, epochs: int) -> TrainResult:
         """One step's updates. Returns per-micro-batch metric records (for the driver to aggregate), the lr,
@@ -138,9 +162,11 @@ class TrainerWorker:
         minis = [m for m in split_even(list(range(len(samples))), num_mini_batches) if m]  # no empty update
         shards = [mini[self.rank::self.world_size] for mini in minis]
         parity = dict.fromkeys(PARITY_KEYS, 0.0)
+        self._timing = dict.fromkeys(TIMED_PHASES, 0.0)
         old = None
         if num_mini_batches * epochs > 1:  # proximal logprobs, before the first update
-            old = self._per_sample_logprobs(samples, shards, trained, parity=parity)[0]
+            with self._timed("old_logprobs"):
+                old = self._per_sample_logprobs(samples, shards, trained, parity=parity)[0]
         records: list[dict[str, float]] = []
         grad_norms: list[float] = []
         self.engine.train()
@@ -154,7 +180,8 @@ class TrainerWorker:
         mine = [i for shard in shards for i in shard]
         return TrainResult(records=records, updates=len(shards) * epochs, lr=self.engine.get_lr()[0],
                            grad_norms=grad_norms,
-                           skipped=sum(counted[i] and not trained[i] for i in mine), parity=parity)
+                           skipped=sum(counted[i] and not trained[i] for i in mine), parity=parity,
+                           timing=self._timing, memory=process_memory_mb())
 
     def _micro_batches(self, samples, shard, loss_mask, old=None, min_count: int = 0) -> list[MicroBatch]:
         shard = [i for i in shard if loss_mask[i]]  # untrained samples never reach the model
@@ -179,15 +206,19 @@ class TrainerWorker:
         records = []
         for mb in mbs:
             mb = _to(mb, self.device)
-            ref = self._ref_logprobs(mb)
-            loss, metrics = self.engine(mb, mode="loss", temperature=self.temperature,
-                                        loss_path="fused" if self.cfg.fused_loss else "naive",
-                                        loss=self.loss, ref_logprobs=ref,
-                                        global_num_tokens=n_tok, global_num_seqs=n_seq)
-            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+            with self._timed("ref_logprobs"):
+                ref = self._ref_logprobs(mb)
+            with self._timed("forward"):
+                loss, metrics = self.engine(mb, mode="loss", temperature=self.temperature,
+                                            loss_path="fused" if self.cfg.fused_loss else "naive",
+                                            loss=self.loss, ref_logprobs=ref,
+                                            global_num_tokens=n_tok, global_num_seqs=n_seq)
+            with self._timed("backward"):
+                self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
             if mb.num_tokens:
                 records.append({k: float(v) for k, v in metrics.items()})
-        self.engine.step()
+        with self._timed("optimizer"):
+            self.engine.step()
         grad_norm = self.engine.get_global_grad_norm()  # the global norm (the same on every rank), pre-clip
         return records, None if grad_norm is None else float(grad_norm)
 
@@ -299,6 +330,14 @@ class TrainerWorker:
 
     def ping(self) -> int:
         return self.rank
+
+    def describe_precision(self) -> str:
+        """The compute format this rank resolved `model.dtype` to (rl.precision)."""
+        return self.precision.name if self.device.type == "cpu" else f"{self.precision.name} (DeepSpeed)"
+
+    def memory(self) -> dict[str, float]:
+        """This rank's resident memory now and at its peak (MiB; rl.memory.process_memory_mb)."""
+        return process_memory_mb()
 
 
 class _WeightsOnlyLoads:

@@ -81,8 +81,9 @@ class Sample:
 class TrainResult:
     """One trainer rank's account of a step (`TrainerWorker.train_step`): the metrics of each micro-batch that
     held tokens, the optimizer steps taken and the lr after them, each update's global pre-clip grad norm (the
-    same on every rank), this rank's samples skipped for a zero advantage, and its logprob-gap sums
-    (rl.policy.parity_sums)."""
+    same on every rank), this rank's samples skipped for a zero advantage, its logprob-gap sums
+    (rl.policy.parity_sums), the seconds it spent in each phase (`timing`: old_logprobs, ref_logprobs,
+    forward, backward, optimizer) and its memory after the step (rl.memory.process_memory_mb)."""
 
     records: list[dict[str, float]]
     updates: int
@@ -90,3 +91,5 @@ class TrainResult:
     grad_norms: list[float]
     skipped: int
     parity: dict[str, float]
+    timing: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, float] = field(default_factory=dict)

@@ -15,6 +15,7 @@ import ray
 import torch
 
 from rl.faults import Guard, GuardSpec, guarded
+from rl.memory import process_memory_mb
 from rl.types import PromptRequest, Sample
 from rl.weight_sync import PublishedWeights
 from rollout.engine import RolloutEngine, SamplingParams
@@ -86,3 +87,12 @@ class RolloutWorker:
 
     def ping(self) -> int:
         return self.version
+
+    def describe_precision(self) -> str:
+        """The engine's compute format (rl.precision for the HF engine; vLLM names its own dtype)."""
+        p = getattr(self.engine, "precision", None)
+        return p.name if p is not None else str(getattr(self.engine, "dtype", "the engine's default"))
+
+    def memory(self) -> dict[str, float]:
+        """This worker's resident memory now and at its peak (MiB; rl.memory.process_memory_mb)."""
+        return process_memory_mb()

@@ -20,7 +20,7 @@ from launch.cluster import create_workers
 from launch.loop import Driver
 from launch.prepare import prepare
 
-from .conftest import debug_config
+from .conftest import debug_config, ones_reward
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,10 @@ def _state(path):
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_train_sync_and_outputs(ray_cluster, tmp_path, zero_stage):
-    cfg = debug_config(tmp_path, f"trainer.zero_stage={zero_stage}", "trainer.total_steps=2", "trainer.save_every=1")
+    # the "1"-share reward: continuous, so a group of a random model's answers is informative (arith on a random
+    # model scores 0 everywhere for most sampling streams, leaving nothing to move the weights)
+    cfg = debug_config(tmp_path, f"reward.fns=[{ones_reward(tmp_path)}]",
+                       f"trainer.zero_stage={zero_stage}", "trainer.total_steps=2", "trainer.save_every=1")
     prep = prepare(cfg)
     workers = create_workers(cfg, prep.model_path, str(tmp_path))
     driver = Driver(cfg, prep, workers)
@@ -53,7 +56,7 @@ def test_train_sync_and_outputs(ray_cluster, tmp_path, zero_stage):
     assert "eval/accuracy" in records[0] and "eval/accuracy" in records[2]
     written = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [s["step"] for s in written] == [1] * 8 + [2] * 8  # the first 8 of each step (two groups of 4)
-    assert all(s["prompt"].endswith("<|assistant|>") and "arith" in s["reward_metrics"] for s in written)
+    assert all(s["prompt"].endswith("<|assistant|>") and "ones" in s["reward_metrics"] for s in written)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_1", "step_2"][-cfg.trainer.keep_last:]
 
     # weights changed, and final/ is a plain HF directory

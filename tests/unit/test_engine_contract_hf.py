@@ -101,3 +101,65 @@ def test_checkpoint_generation_defaults_do_not_act_on_sampling(hostile_engine):
     # the random model's next-token distribution is nearly flat over ~70 tokens: with top_k=3 / top_p=0.5 /
     # min_p=0.3 in force every sampled token would rank 0-2; untruncated, most rank far lower
     assert max(ranks) >= 10 and sum(r >= 3 for r in ranks) > len(ranks) // 2
+
+
+def _chi2_bound(df: int, z: float = 4.75) -> float:
+    """Wilson–Hilferty upper quantile of χ²(df) at the normal quantile z (4.75: one false alarm in ~10⁶ runs)."""
+    c = 2.0 / (9.0 * df)
+    return df * (1.0 - c + z * c ** 0.5) ** 3
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.7])
+def test_sampler_draws_the_truncated_softmax(top_p):
+    """The decode loop's inverse-CDF draw: token frequencies over many draws fit softmax(z) restricted to the
+    nucleus (χ² goodness of fit at a one-in-a-million false-alarm level), and no token outside it is drawn."""
+    from rollout.hf_engine import _sample, nucleus
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 40, generator=g) * 2.0
+    draws = 40_000
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        tokens = torch.cat([_sample(logits.expand(1000, -1), top_p) for _ in range(draws // 1000)])
+    kept = nucleus(torch.softmax(logits, -1), top_p)[0]
+    expected = kept / kept.sum() * draws
+    counts = torch.bincount(tokens, minlength=40).double()
+    assert counts[kept == 0].sum() == 0
+    cells = expected >= 5  # χ² needs ≥ 5 expected per cell; the rest pooled into one cell
+    stat = ((counts[cells] - expected[cells]) ** 2 / expected[cells]).sum()
+    if (rest := expected[~cells & (kept > 0)].sum()) > 0:
+        stat += (counts[~cells & (kept > 0)].sum() - rest) ** 2 / rest
+    df = int(cells.sum()) + (1 if rest > 0 else 0) - 1
+    assert stat < _chi2_bound(df), (float(stat), df)
+
+
+def test_nucleus_keeps_what_transformers_top_p_keeps():
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    from rollout.hf_engine import nucleus
+
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(16, 300, generator=g) * 3.0
+    for top_p in (0.05, 0.5, 0.9, 0.999):
+        theirs = TopPLogitsWarper(top_p)(None, logits.clone()) > -float("inf")
+        ours = nucleus(torch.softmax(logits, -1), top_p) > 0
+        assert torch.equal(ours, theirs), top_p
+
+
+def test_rows_that_end_early_leave_the_batch_exactly(tiny_model_dir):
+    """With a frequent token made an end token, rows finish at different steps and leave the batch: each
+    response stops at its first end token, and every logprob still equals teacher-forced scoring."""
+    engine = HFEngine(tiny_model_dir, batch_size=6)
+    prompts = contract.prompts_of(engine.tokenizer)
+    free = engine.generate(prompts, SamplingParams(n=3, max_new_tokens=8, seed=4))
+    counts = torch.bincount(torch.tensor([t for o in free for t in o.response_ids]))
+    engine.eos_ids = [int(counts.argmax())]
+    outs = engine.generate(prompts, SamplingParams(n=3, max_new_tokens=8, seed=4))
+    lengths = {len(o.response_ids) for o in outs}
+    assert len(lengths) > 1 and any(o.finish_reason == "stop" for o in outs)
+    for o in outs:
+        ends = [i for i, t in enumerate(o.response_ids) if t in engine.eos_ids]
+        assert ends == ([len(o.response_ids) - 1] if o.finish_reason == "stop" else [])
+    scored = engine.score([prompts[o.prompt_index] for o in outs], [o.response_ids for o in outs], 1.0)
+    for o, s in zip(outs, scored):
+        assert torch.allclose(torch.tensor(o.logprobs), torch.tensor(s), atol=1e-4)
