@@ -297,6 +297,13 @@ class TrainerConfig:
     """Passes over the step's samples."""
     micro_batch_tokens: int = 8192
     """Token budget (prompt + response, padded) of one micro-batch on one rank."""
+    share_prompts: bool | None = None
+    """Compute each prompt once per micro-batch: the samples of one prompt form one row, `prompt + response_1 +
+    response_2 + ...`, under a block attention mask (each response sees the prompt and itself, at its generation
+    positions), so a group of G answers costs P + ΣR tokens instead of G·P + ΣR; logprobs are unchanged up to
+    float summation order. null: on for CPU ranks, off on GPUs (there the dense mask gives up the flash kernels
+    for a small saving on long answers); true/false force it. Needs `eager` or `sdpa` attention; the trainer
+    checks the model at load and says why when it cannot share."""
     fused_loss: bool = True
     """Compute logprobs/loss from hidden states with the chunked fused op (false: materialise logits)."""
     total_steps: int = 100

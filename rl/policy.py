@@ -21,11 +21,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from rl.batch import MicroBatch, unpack
+from rl.batch import MicroBatch, attention_bias, collate, collate_shared, unpack
 from rl.loss_config import LossConfig, LossInputs
 from rl.losses import kl_penalty, policy_loss
 from rl.ops import fused_policy_loss, token_logprobs_entropy
 from rl.precision import Precision
+from rl.types import Sample
 
 
 class PolicyModule(nn.Module):
@@ -45,9 +46,13 @@ class PolicyModule(nn.Module):
 
     def hidden_states(self, mb: MicroBatch) -> torch.Tensor:
         body = self.model.base_model
-        with self.body_precision.body() if self.body_precision is not None else nullcontext():
-            out = body(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
-                       use_cache=False)
+        precision = self.body_precision
+        mask = mb.attention_mask
+        if mb.segment_ids is not None:  # shared-prompt rows: a block mask, in the dtype attention runs in
+            dtype = precision.compute if precision is not None else next(self.model.parameters()).dtype
+            mask = attention_bias(mb.segment_ids, dtype)
+        with precision.body() if precision is not None else nullcontext():
+            out = body(input_ids=mb.input_ids, attention_mask=mask, position_ids=mb.position_ids, use_cache=False)
         hidden = out.last_hidden_state  # (b, L, H)
         if self.body_precision is not None and self.body_precision.autocast:
             hidden = hidden.to(self.body_precision.params)  # the head, logprobs and loss in fp32
@@ -104,7 +109,7 @@ class PolicyModule(nn.Module):
         return out, {**metrics, **parity}
 
     def _unfused_loss(self, logprobs, entropy, mb: MicroBatch, inputs: LossInputs, loss: LossConfig):
-        rows = mb.input_ids.shape[0]
+        rows = mb.num_sequences
         parity = {}
         if inputs.old_logprobs is None:
             inputs, parity = (replace(inputs, old_logprobs=logprobs.detach()),
@@ -204,6 +209,43 @@ def check_head(model: nn.Module) -> float:
             f"{name}: its logits differ from logit_scale·(final hidden state · head weight) by up to {gap:.3g} "
             "nats (a transform of the logits the trainer does not know about); this architecture is not supported")
     return scale
+
+
+@torch.no_grad()
+def check_shared_prompts(policy: PolicyModule) -> str | None:
+    """None when the model computes shared-prompt rows (rl.batch.collate_shared) exactly as separate
+    sequences, else the reason it cannot. Needs an attention implementation that takes the 4-D block mask
+    as given (`eager`, `sdpa`); then one tiny two-answer row is checked against the two sequences, in fp32.
+    Error model: both layouts add the same fp32 products in a different order, a few ulps of O(10) logits
+    (~1e-5 nats); a model that ignored the block mask would differ by O(1) nats. Tolerance 1e-3."""
+    model = policy.model
+    attn = getattr(model.config, "_attn_implementation", None)
+    if attn not in ("eager", "sdpa"):
+        return (f"{type(model).__name__} uses attn_implementation={attn!r}, which does not take a 4-D block "
+                "attention mask; shared-prompt rows need `eager` or `sdpa`")
+    vocab = policy.head.weight.shape[0]
+    tok = lambda *ids: [i % vocab for i in ids]
+    samples = [Sample(0, 0, tok(1, 2, 3), tok(4, 5, 6), [0.0] * 3, "stop", 0),
+               Sample(1, 0, tok(1, 2, 3), tok(7, 8), [0.0] * 2, "stop", 0)]
+    device = policy.head.weight.device
+    was_training, precision = model.training, policy.body_precision
+    policy.eval()
+    policy.body_precision = None  # the check is about the layout, not the rounding: compare in the weights' dtype
+    try:
+        lp = [policy(_to_device(mb, device), mode="logprobs", temperature=1.0).float()
+              for mb in (collate(samples, [0, 1], 0, [True, True]), collate_shared(samples, [[0, 1]], 0, [True, True]))]
+    finally:
+        policy.body_precision = precision
+        policy.train(was_training)
+    gap = float((lp[0] - lp[1]).abs().max())
+    if not gap <= 1e-3:
+        return (f"{type(model).__name__} gives logprobs {gap:.3g} nats apart for a prompt computed once and for "
+                "the same sequences computed separately (it does not honour a custom 4-D attention mask)")
+    return None
+
+
+def _to_device(mb: MicroBatch, device: torch.device) -> MicroBatch:
+    return replace(mb, **{k: v.to(device) for k, v in vars(mb).items() if isinstance(v, torch.Tensor)})
 
 
 def naive_logprobs_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,

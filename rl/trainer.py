@@ -20,6 +20,7 @@ This is the only module in rl/ that imports Ray.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -32,19 +33,21 @@ import ray
 import torch
 import torch.distributed as dist
 
-from rl.batch import MicroBatch, collate, split_by_token_budget
+from rl.batch import MicroBatch, collate, collate_shared, split_by_token_budget, split_shared
 from rl.faults import Guard, GuardSpec, guarded
 from rl import precision
 from rl.loss_config import LossConfig
 from rl.memory import process_memory_mb
 from rl.lr_schedule import make_lr_scheduler
-from rl.policy import PARITY_KEYS, PolicyModule, parity_sums
+from rl.policy import PARITY_KEYS, PolicyModule, check_shared_prompts, parity_sums
 from rl.safe_load import load_weights_only
 from rl.types import Sample, TrainResult
 from rl.weight_sync import Deadline, PublishedWeights, WeightPublisher, full_state_dict, gather_buckets
 
 if TYPE_CHECKING:  # the launch schema's sections, sent to every rank as they are (frozen dataclasses)
     from launch.config import ModelConfig, TrainerConfig
+
+log = logging.getLogger(__name__)
 
 
 TIMED_PHASES = ("old_logprobs", "ref_logprobs", "forward", "backward", "optimizer")
@@ -107,6 +110,7 @@ class TrainerWorker:
             model.gradient_checkpointing_enable()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.policy = PolicyModule(model, self.precision)
+        self.share_prompts = self._share_prompts(trainer_cfg.share_prompts)
         optimizer = torch.optim.AdamW(self.policy.parameters(), lr=trainer_cfg.lr,
                                       weight_decay=trainer_cfg.weight_decay, betas=(0.9, 0.999))
         # planned for the nominal update count (rl/lr_schedule.py); DeepSpeed steps it and checkpoints its state
@@ -132,6 +136,19 @@ class TrainerWorker:
                                     self.precision).to(self.device).eval()
             for p in self.ref.parameters():
                 p.requires_grad_(False)
+
+    def _share_prompts(self, requested: bool | None) -> bool:
+        """Whether micro-batches use shared-prompt rows (trainer.share_prompts; rl.policy.check_shared_prompts)."""
+        if requested is False or (requested is None and self.device.type == "cuda"):
+            return False
+        problem = check_shared_prompts(self.policy)
+        if problem is None:
+            return True
+        if requested:
+            raise ValueError(f"trainer.share_prompts=true: {problem}; set trainer.share_prompts=false (or null)")
+        if self.rank == 0:
+            log.warning("trainer.share_prompts: off, %s", problem)
+        return False
 
     # -- training -----------------------------------------------------------------------------
     @contextmanager
@@ -186,8 +203,13 @@ class TrainerWorker:
     def _micro_batches(self, samples, shard, loss_mask, old=None, min_count: int = 0) -> list[MicroBatch]:
         shard = [i for i in shard if loss_mask[i]]  # untrained samples never reach the model
         local = [samples[i] for i in shard]
-        groups = split_by_token_budget(local, self.cfg.micro_batch_tokens) if local else []
-        mbs = [collate(samples, [shard[j] for j in g], self.pad_id, loss_mask, old) for g in groups]
+        if self.share_prompts:
+            batches = split_shared(local, self.cfg.micro_batch_tokens) if local else []
+            mbs = [collate_shared(samples, [[shard[j] for j in row] for row in rows], self.pad_id, loss_mask, old)
+                   for rows in batches]
+        else:
+            groups = split_by_token_budget(local, self.cfg.micro_batch_tokens) if local else []
+            mbs = [collate(samples, [shard[j] for j in g], self.pad_id, loss_mask, old) for g in groups]
         # every rank must run the same number of passes (ZeRO collectives); pad with empty ones
         count = torch.tensor([max(len(mbs), min_count)], dtype=torch.long)
         dist.all_reduce(count, op=dist.ReduceOp.MAX)

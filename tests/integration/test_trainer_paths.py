@@ -88,3 +88,27 @@ def test_two_ranks_with_unequal_micro_batch_counts(ray_cluster, tiny_model_dir):
     assert sorted(kl) == list(range(8)) and all(v > 0 for v in kl.values()), kl
     for r in ranks:
         ray.kill(r)
+
+
+def test_shared_prompt_rows_train_like_separate_sequences(ray_cluster, tiny_model_dir):
+    """trainer.share_prompts=true (each prompt once per micro-batch, block mask) and =false (one sequence
+    per row) take the same two-mini-batch step over two ranks and must agree on every loss and parity
+    sum. lr=0 keeps the weights fixed, so the second mini-batch's ratios compare the proximal
+    logprobs read back from the first pass (by sample, in each layout's own order) with the current ones:
+    a sample given another's old logprobs would move its loss. Error model: both layouts add the same fp32
+    products in a different order, fp32 noise far under rel 1e-4 (an Adam step would amplify that noise to
+    ±lr on near-zero gradients, hence lr=0; tests/unit/test_shared_prompts.py compares gradients directly)."""
+    samples = _samples()
+    for s in samples:  # two groups of four answers, one prompt each
+        s.prompt_ids = [4, 20 + s.group_id, 21, 22]
+    runs = {}
+    for share in ("true", "false"):
+        ranks = _trainers(tiny_model_dir, f"trainer.share_prompts={share}", "trainer.micro_batch_tokens=24",
+                          "trainer.lr=0", world=2)
+        results = ray.get([r.train_step.remote(samples, 2, 1) for r in ranks])
+        runs[share] = ([rec["loss/policy"] for res in results for rec in res.records],
+                       [res.parity["parity/abs_sum"] for res in results])
+        for r in ranks:
+            ray.kill(r)
+    for a, b in zip(runs["true"], runs["false"]):
+        assert len(a) == len(b) > 0 and a == pytest.approx(b, rel=1e-4, abs=1e-7)
