@@ -7,6 +7,7 @@
 Every arm is its own process, run one after the other (never two at once, so each has the machine):
   - ours_<dtype>: `python -m launch.train configs/quickstart.yaml` (a local Ray cluster: one HF rollout worker,
     one DeepSpeed trainer rank, a reward worker) with `model.dtype=<dtype>` (auto, float32, bfloat16);
+  - ours_auto_separate: ours_auto with `trainer.share_prompts=false` (the shared-prompt lever off);
   - trl_default: TRL's GRPOTrainer with its own defaults for everything not shared (bf16=True unless the
     machine cannot, per_device_train_batch_size 8 x gradient_accumulation_steps 8 = one generation batch of
     8 prompts x 8 answers per optimizer step, the HF generate() path);
@@ -20,7 +21,7 @@ term (beta 0), one optimizer update per step, no evaluation and no checkpoints i
 same torch thread count (every core). Each arm runs `--warmup + --steps` steps; the first `--warmup` are
 dropped (compile caches, first-touch page faults, allocator growth) and the rest are summarised as median and
 spread (min-max) of the step time, and completion tokens per second of step time (generated tokens / step
-seconds, summed over the kept steps). Ratios are against `trl_default`. Our step-time split comes from the
+seconds, summed over the kept steps). Ratios are against `trl_default` and against the fastest TRL arm. Our step-time split comes from the
 run's own `perf/*` metrics (logged every step by launch/loop.py and the trainer); TRL's generation time from
 timing its generate call. Peak and per-step RSS of the trainer and rollout actors (ours) and of the TRL
 process; `rss_slope_mb_per_step` is the least-squares slope over the kept steps (memory must not grow).
@@ -45,7 +46,9 @@ sys.path.insert(0, str(ROOT))
 
 SUFFIX = " Answer with just the number."
 PROMPTS, GROUP, MAX_NEW, LR = 8, 8, 32, 2e-5
-OUR_ARMS = {"ours_auto": "auto", "ours_fp32": "float32", "ours_bf16": "bfloat16"}
+OUR_ARMS = {"ours_auto": ("auto", []), "ours_fp32": ("float32", []), "ours_bf16": ("bfloat16", []),
+            # the shared-prompt lever off: one sequence per training row (what every peer does)
+            "ours_auto_separate": ("auto", ["trainer.share_prompts=false"])}
 TRL_ARMS = {
     "trl_default": {},
     "trl_fp32": {"bf16": False},
@@ -107,13 +110,13 @@ def run_ours(name: str, args: argparse.Namespace) -> dict:
     out = Path(args.out) / name
     out.mkdir(parents=True, exist_ok=True)
     total = args.warmup + args.steps
-    overrides = [f"model.path={args.model}", f"model.dtype={OUR_ARMS[name]}", f"trainer.output_dir={out}",
+    overrides = [f"model.path={args.model}", f"model.dtype={OUR_ARMS[name][0]}", f"trainer.output_dir={out}",
                  f"trainer.total_steps={total}", "trainer.resume=never", "trainer.save_every=0",
                  "trainer.eval_every=0", "data.eval=null", f"trainer.seed={args.seed}",
                  f"trainer.train_prompts={PROMPTS}", f"rollout.group_size={GROUP}",
                  f"rollout.max_new_tokens={MAX_NEW}", "rollout.temperature=1.0", "rollout.top_p=1.0",
                  f"trainer.lr={LR}",
-                 "logging.console=plain", "logging.wandb_mode=disabled", *args.overrides]
+                 "logging.console=plain", "logging.wandb_mode=disabled", *OUR_ARMS[name][1], *args.overrides]
     cmd = [sys.executable, "-m", "launch.train", "configs/quickstart.yaml", *overrides]
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     t0 = time.perf_counter()
@@ -129,7 +132,7 @@ def run_ours(name: str, args: argparse.Namespace) -> dict:
                       **{k: r[f"perf/{k}"] for k in ("trainer_rss_mb", "trainer_peak_rss_mb", "rollout_rss_mb",
                                                      "rollout_peak_rss_mb") if f"perf/{k}" in r}})
     precision = next((line.split("precision:", 1)[1].strip() for line in (out / "train.log").read_text().splitlines()
-                      if "precision:" in line), OUR_ARMS[name])
+                      if "precision:" in line), OUR_ARMS[name][0])
     parity = [r["rollout/logprob_diff_mean"] for r in records if "rollout/logprob_diff_mean" in r]
     return summarize(name, steps, args.warmup, {"precision": precision, "wall_s": round(time.perf_counter() - t0, 1),
                                                 "logprob_diff_mean": round(statistics.fmean(parity), 5)
@@ -228,21 +231,25 @@ def trl_child(name: str, args: argparse.Namespace) -> None:
 # -- report ----------------------------------------------------------------------------------------
 def markdown(results: list[dict], args: argparse.Namespace) -> str:
     base = next((r for r in results if r["arm"] == "trl_default"), None)
+    trl = [r for r in results if r["arm"] in TRL_ARMS]
+    best = max(trl, key=lambda r: r["tokens_per_s"]) if trl else None
     lines = [f"CPU: {cpu_model()}, {threads()} threads; torch {_version('torch')}, TRL {_version('trl')}, "
              f"transformers {_version('transformers')}; {args.warmup} warm-up + {args.steps} timed steps per arm.",
              "",
              "| arm | precision | step s (median, min-max) | completion tok/step | tok/s | vs trl_default | "
-             "peak RSS MB (trainer / rollout or process) | RSS slope MB/step |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"vs best TRL ({best['arm'] if best else '-'}) | peak RSS MB (trainer / rollout or process) | "
+             "RSS slope MB/step |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
+        vs_best = f"{r['tokens_per_s'] / best['tokens_per_s']:.2f}x" if best else "-"
         if "trainer_peak_rss_mb" in r:
             peak = f"{r['trainer_peak_rss_mb']} / {r.get('rollout_peak_rss_mb', '-')}"
             grow = f"{r['trainer_rss_slope_mb_per_step']} / {r.get('rollout_rss_slope_mb_per_step', '-')}"
         else:
             peak, grow = str(r.get("process_peak_rss_mb", "-")), str(r.get("process_rss_slope_mb_per_step", "-"))
         lines.append(f"| {r['arm']} | {r['precision']} | {r['step_s_median']} ({r['step_s_min']}-{r['step_s_max']}) "
-                     f"| {r['completion_tokens_per_step']} | {r['tokens_per_s']} | {ratio} | {peak} | {grow} |")
+                     f"| {r['completion_tokens_per_step']} | {r['tokens_per_s']} | {ratio} | {vs_best} | {peak} | {grow} |")
     lines += ["", "Step-time split (median seconds per step):", "",
               "| arm | " + " | ".join(SPLIT) + " |", "|---|" + "---|" * len(SPLIT)]
     for r in results:
@@ -259,7 +266,8 @@ def _version(module: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arms", nargs="+", default=["ours_fp32", "ours_bf16", "trl_default", "trl_fp32", "trl_bs64"],
+    ap.add_argument("--arms", nargs="+", default=["ours_auto", "ours_auto_separate", "ours_fp32", "ours_bf16", "trl_default",
+                                                  "trl_fp32", "trl_bs64"],
                     choices=[*OUR_ARMS, *TRL_ARMS])
     ap.add_argument("--steps", type=int, default=6, help="timed steps per arm (after the warm-up)")
     ap.add_argument("--warmup", type=int, default=1, help="first steps of each arm left out of the summary")

@@ -111,8 +111,10 @@ class TrainerWorker:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.policy = PolicyModule(model, self.precision)
         self.share_prompts = self._share_prompts(trainer_cfg.share_prompts)
+        # fused: one pass over each parameter's memory per step instead of the ~10 of the per-tensor loop
+        # (on a 2-core CPU 1.4-2.3 s -> 0.45 s per DeepSpeed step of a 135M model; benchmarks/cpu_levers.py)
         optimizer = torch.optim.AdamW(self.policy.parameters(), lr=trainer_cfg.lr,
-                                      weight_decay=trainer_cfg.weight_decay, betas=(0.9, 0.999))
+                                      weight_decay=trainer_cfg.weight_decay, betas=(0.9, 0.999), fused=True)
         # planned for the nominal update count (rl/lr_schedule.py); DeepSpeed steps it and checkpoints its state
         scheduler = make_lr_scheduler(optimizer, trainer_cfg.lr_scheduler, trainer_cfg.warmup_steps,
                                       trainer_cfg.total_steps * trainer_cfg.mini_batches * trainer_cfg.epochs)
