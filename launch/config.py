@@ -42,7 +42,10 @@ class ModelConfig:
     """Policy model: an alias (`smollm2-135m-instruct`, `tiny-random`), a local Hugging Face model
     directory, or a hub name (needs network). Aliases are converted once into `cache_dir`."""
     dtype: str = "auto"
-    """Training/generation dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16."""
+    """Compute dtype of training and generation: `auto` = bfloat16 on GPUs; on a CPU, bf16 compute only where the
+    CPU multiplies bf16 natively (Intel AMX), else float32 (rl/precision.py says why: AVX512-BF16 alone measured
+    no faster); `float32` or `bfloat16` force either (float16: GPUs only). CPU bf16 is autocast over fp32 weights,
+    gradients and Adam state, with the LM head, logprobs and loss in fp32; the startup log prints the choice."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory (slower)."""
     trust_remote_code: bool = False

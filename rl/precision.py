@@ -1,11 +1,11 @@
 """Which floating-point format a model computes in, from `model.dtype` and the device.
 
 `auto` means bf16 wherever it is the fast format: on GPUs (bf16 weights and DeepSpeed's bf16 mode,
-fp32 master weights and optimizer state), and on CPUs whose matrix units multiply bf16 natively many
-times faster than fp32 (Intel AMX-BF16: ~7.7x a 2048x576x2048 GEMM on 2 threads). Elsewhere on a CPU
-`auto` is fp32. That includes CPUs with only the AVX512-BF16 dot-product instructions: on one such
-Xeon (2 threads, torch 2.13) bf16 GEMMs of this model's shapes ran at 0.6-1.0x fp32
-(docs/benchmarks.md, "End-to-end speed"), so bf16 would round the activations and buy nothing.
+fp32 master weights and optimizer state), and on CPUs whose matrix units multiply bf16 natively (Intel
+AMX-BF16). Elsewhere on a CPU `auto` is fp32. That includes CPUs with only the AVX512-BF16 dot-product
+instructions: on one such Xeon (2 threads, torch 2.13) bf16 GEMMs of this model's shapes ran at 0.6-1.0x
+fp32, so bf16 would round the activations and buy nothing; `benchmarks/cpu_levers.py --only gemm` measures
+it on any CPU (docs/benchmarks.md, "End-to-end speed").
 `bfloat16` or `float32` force either.
 
 On a CPU, bf16 is *autocast* compute over fp32 parameters: the trainer keeps fp32 master weights,

@@ -15,7 +15,7 @@ import ray
 import torch
 
 from rl.faults import Guard, GuardSpec, guarded
-from rl.memory import process_memory_mb
+from rl.memory import process_memory_mb, release_free_memory
 from rl.types import PromptRequest, Sample
 from rl.weight_sync import PublishedWeights
 from rollout.engine import RolloutEngine, SamplingParams
@@ -44,6 +44,7 @@ class RolloutWorker:
     def generate(self, requests: list[PromptRequest], params: SamplingParams) -> list[Sample]:
         """`params.n` samples per request, in the engine's output order."""
         outputs = self.engine.generate([r.prompt_ids for r in requests], params)
+        release_free_memory()  # the decode's KV caches, freed: back to the OS (rl/memory.py)
         texts = self.tokenizer.batch_decode([o.response_ids for o in outputs], skip_special_tokens=True)
         samples = []
         for out, text in zip(outputs, texts):

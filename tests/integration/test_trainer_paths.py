@@ -45,8 +45,9 @@ def _trainer(model_dir, *overrides):
     return _trainers(model_dir, *overrides)[0]
 
 
-@pytest.mark.parametrize("extra", [[], ["trainer.mini_batches=2"], ["algorithm.loss.kl_coef=0.1", "algorithm.loss.clip_ratio_c=3.0"]],
-                         ids=["one-update", "two-mini-batches", "kl-dual-clip"])
+@pytest.mark.parametrize("extra", [[], ["trainer.mini_batches=2"], ["algorithm.loss.kl_coef=0.1", "algorithm.loss.clip_ratio_c=3.0"],
+                                   ["model.dtype=bfloat16"]],
+                         ids=["one-update", "two-mini-batches", "kl-dual-clip", "bf16-autocast"])
 def test_fused_and_naive_paths_agree(ray_cluster, tiny_model_dir, extra):
     fused = _trainer(tiny_model_dir, "trainer.fused_loss=true", *extra)
     naive = _trainer(tiny_model_dir, "trainer.fused_loss=false", *extra)

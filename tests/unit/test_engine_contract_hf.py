@@ -12,7 +12,7 @@ from tests import engine_contract as contract
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    return HFEngine(tiny_model_dir, batch_size=4)
+    return HFEngine(tiny_model_dir, dtype="float32", batch_size=4)
 
 
 @pytest.mark.parametrize("check", [contract.check_shapes_and_order, contract.check_logprobs_match_scoring,
@@ -72,7 +72,7 @@ def hostile_engine(tiny_model_dir, tmp_path_factory):
     GenerationConfig(**{k: v for k, v in tok_ids.items() if k.endswith("token_id")}, do_sample=True,
                      temperature=0.2, top_k=3, top_p=0.5, min_p=0.3, repetition_penalty=3.0,
                      no_repeat_ngram_size=1).save_pretrained(path)
-    return HFEngine(str(path), batch_size=4)
+    return HFEngine(str(path), dtype="float32", batch_size=4)
 
 
 def _raw_logprobs(engine, prompt: list[int], response: list[int]) -> torch.Tensor:
@@ -149,7 +149,7 @@ def test_nucleus_keeps_what_transformers_top_p_keeps():
 def test_rows_that_end_early_leave_the_batch_exactly(tiny_model_dir):
     """With a frequent token made an end token, rows finish at different steps and leave the batch: each
     response stops at its first end token, and every logprob still equals teacher-forced scoring."""
-    engine = HFEngine(tiny_model_dir, batch_size=6)
+    engine = HFEngine(tiny_model_dir, dtype="float32", batch_size=6)
     prompts = contract.prompts_of(engine.tokenizer)
     free = engine.generate(prompts, SamplingParams(n=3, max_new_tokens=8, seed=4))
     counts = torch.bincount(torch.tensor([t for o in free for t in o.response_ids]))
@@ -163,3 +163,35 @@ def test_rows_that_end_early_leave_the_batch_exactly(tiny_model_dir):
     scored = engine.score([prompts[o.prompt_index] for o in outs], [o.response_ids for o in outs], 1.0)
     for o, s in zip(outs, scored):
         assert torch.allclose(torch.tensor(o.logprobs), torch.tensor(s), atol=1e-4)
+
+
+def test_bf16_autocast_engine_matches_the_trainer_within_bf16_rounding(tiny_model_dir):
+    """model.dtype=bfloat16 on a CPU: the engine samples with its body under bf16 autocast (fp32 weights and
+    head), and the trainer's PolicyModule, under the same precision, scores those tokens within bf16 rounding,
+    while both differ from fp32 by more than fp32 noise (autocast is really on). Error model: each side
+    rounds the body's activations to bf16 (unit roundoff u = 2^-8) in a different order (incremental decode
+    vs one full pass), so a logit z moves by a few u·|z| through the model's two layers; the log-softmax
+    gap is at most twice the largest logit error: tol = 2 · 4u · max|z|."""
+    from transformers import AutoModelForCausalLM
+
+    from rl.batch import collate
+    from rl.policy import PolicyModule
+    from rl.precision import resolve
+    from rl.types import Sample
+
+    engine = HFEngine(tiny_model_dir, dtype="bfloat16", device="cpu")
+    assert engine.precision.autocast and engine.precision.compute == torch.bfloat16
+    prompts = contract.prompts_of(engine.tokenizer)
+    outs = engine.generate(prompts, SamplingParams(n=2, max_new_tokens=8, seed=1))
+    samples = [Sample(i, o.prompt_index, prompts[o.prompt_index], o.response_ids, o.logprobs, o.finish_reason, 0)
+               for i, o in enumerate(outs)]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    mb = collate(samples, list(range(len(samples))), engine.pad_id, [True] * len(samples))
+    with torch.no_grad():
+        bf16 = PolicyModule(model, resolve("bfloat16", "cpu")).eval()(mb, mode="logprobs", temperature=1.0)
+        fp32 = PolicyModule(model, resolve("float32", "cpu")).eval()(mb, mode="logprobs", temperature=1.0)
+        max_logit = float(model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits.abs().max())
+    sampled = torch.tensor([lp for o in outs for lp in o.logprobs])
+    tol = 2 * 4 * 2.0 ** -8 * max_logit
+    assert float((bf16 - sampled).abs().max()) <= tol
+    assert float((fp32 - sampled).abs().max()) > 1e-5  # fp32 noise is ~1e-6: the engine did run in bf16
