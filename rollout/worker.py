@@ -91,8 +91,8 @@ class RolloutWorker:
 
     def describe_precision(self) -> str:
         """The engine's compute format (rl.precision for the HF engine; vLLM names its own dtype)."""
-        p = getattr(self.engine, "precision", None)
-        return p.name if p is not None else str(getattr(self.engine, "dtype", "the engine's default"))
+        p = vars(self.engine).get("precision")  # not part of the engine protocol: reported when present
+        return p.name if p is not None else str(vars(self.engine).get("dtype", "the engine's default"))
 
     def memory(self) -> dict[str, float]:
         """This worker's resident memory now and at its peak (MiB; rl.memory.process_memory_mb)."""
