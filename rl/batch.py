@@ -50,17 +50,23 @@ def split_by_token_budget(samples: list[Sample], budget: int) -> list[list[int]]
 
     Sorting by length keeps padding low; a sample longer than the budget gets a micro-batch alone.
     """
-    order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids))
-    batches: list[list[int]] = []
-    current: list[int] = []
+    return first_fit(list(range(len(samples))), lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids),
+                     budget)
+
+
+def first_fit(items: list, length, budget: int) -> list[list]:
+    """Items sorted by `length(item)`, packed greedily while rows × longest row stays within `budget`
+    (an item longer than the budget gets a micro-batch alone)."""
+    batches: list[list] = []
+    current: list = []
     longest = 0
-    for i in order:
-        length = len(samples[i].prompt_ids) + len(samples[i].response_ids)
-        if current and max(longest, length) * (len(current) + 1) > budget:
+    for item in sorted(items, key=length):
+        n = length(item)
+        if current and max(longest, n) * (len(current) + 1) > budget:
             batches.append(current)
             current, longest = [], 0
-        current.append(i)
-        longest = max(longest, length)
+        current.append(item)
+        longest = max(longest, n)
     if current:
         batches.append(current)
     return batches
@@ -143,19 +149,7 @@ def split_shared(samples: list[Sample], budget: int) -> list[list[list[int]]]:
             length += r
         rows.append(row)
     row_len = lambda row: len(samples[row[0]].prompt_ids) + sum(len(samples[i].response_ids) for i in row)
-    batches: list[list[list[int]]] = []
-    current: list[list[int]] = []
-    longest = 0
-    for row in sorted(rows, key=row_len):
-        length = row_len(row)
-        if current and max(longest, length) * (len(current) + 1) > budget:
-            batches.append(current)
-            current, longest = [], 0
-        current.append(row)
-        longest = max(longest, length)
-    if current:
-        batches.append(current)
-    return batches
+    return first_fit(rows, row_len, budget)
 
 
 def collate_shared(samples: list[Sample], rows: list[list[int]], pad_id: int, loss_mask: list[bool],
