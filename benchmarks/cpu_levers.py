@@ -31,6 +31,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from vs_trl import cpu_model  # noqa: E402
 
 PROMPTS, GROUP, MAX_NEW, PROMPT_LEN = 8, 8, 32, 45
 
@@ -165,7 +168,7 @@ def main() -> None:
     from launch.models import resolve_model
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    emit(section="machine", cpu=_cpu(), threads=torch.get_num_threads(), torch=torch.__version__)
+    emit(section="machine", cpu=cpu_model(), threads=torch.get_num_threads(), torch=torch.__version__)
     path = resolve_model(args.model)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     for section in args.only:
@@ -177,16 +180,6 @@ def main() -> None:
             bench_generate(path, args.repeats)
         else:
             bench_train(model, args.repeats)
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

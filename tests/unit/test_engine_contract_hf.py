@@ -110,20 +110,23 @@ def _chi2_bound(df: int, z: float = 4.75) -> float:
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.7])
-def test_sampler_draws_the_truncated_softmax(top_p):
-    """The decode loop's inverse-CDF draw: token frequencies over many draws fit softmax(z) restricted to the
-    nucleus (χ² goodness of fit at a one-in-a-million false-alarm level), and no token outside it is drawn."""
+@pytest.mark.parametrize("vocab,block", [(40, 256), (40, 8), (45, 8)], ids=["one-block", "blocks", "padded"])
+def test_sampler_draws_the_truncated_softmax(top_p, vocab, block):
+    """The decode loop's two-level inverse-CDF draw (one block, several, and a last block padded with zeros):
+    token frequencies over many draws fit softmax(z) restricted to the nucleus (χ² goodness of fit at a
+    one-in-a-million false-alarm level), and no token outside it is drawn."""
     from rollout.hf_engine import _sample, nucleus
 
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(1, 40, generator=g) * 2.0
+    logits = torch.randn(1, vocab, generator=g)  # top-p 0.7 keeps 12-15 tokens of these
     draws = 40_000
     with torch.random.fork_rng():
         torch.manual_seed(1)
-        tokens = torch.cat([_sample(logits.expand(1000, -1), top_p) for _ in range(draws // 1000)])
+        tokens = torch.cat([_sample(logits.expand(1000, -1), top_p, block) for _ in range(draws // 1000)])
     kept = nucleus(torch.softmax(logits, -1), top_p)[0]
     expected = kept / kept.sum() * draws
-    counts = torch.bincount(tokens, minlength=40).double()
+    counts = torch.bincount(tokens, minlength=vocab).double()
+    assert len(counts) == vocab
     assert counts[kept == 0].sum() == 0
     cells = expected >= 5  # χ² needs ≥ 5 expected per cell; the rest pooled into one cell
     stat = ((counts[cells] - expected[cells]) ** 2 / expected[cells]).sum()
@@ -131,6 +134,19 @@ def test_sampler_draws_the_truncated_softmax(top_p):
         stat += (counts[~cells & (kept > 0)].sum() - rest) ** 2 / rest
     df = int(cells.sum()) + (1 if rest > 0 else 0) - 1
     assert stat < _chi2_bound(df), (float(stat), df)
+
+
+def test_sampler_never_draws_a_zero_probability_token():
+    """One token of probability 1 per row, at the vocabulary's first and last entries and inside a middle
+    block, with zero-mass blocks on either side: the draw is that token every time."""
+    from rollout.hf_engine import _sample
+
+    logits = torch.full((3, 45), -1e4)
+    logits[0, 0] = logits[1, 44] = logits[2, 17] = 0.0
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for _ in range(200):
+            assert _sample(logits, 1.0, 8).tolist() == [0, 44, 17]
 
 
 def test_nucleus_keeps_what_transformers_top_p_keeps():
