@@ -45,9 +45,11 @@ _MALLOC_TRIM = _libc_malloc_trim()
 def release_free_memory() -> None:
     """Give the heap's free pages back to the OS (glibc `malloc_trim(0)`; a no-op elsewhere).
 
-    A step allocates activations of shapes that change with every batch (response lengths, rows leaving
-    the decode batch), and glibc keeps what is freed in its arenas, fragmented, so a process's RSS climbs
-    step after step although its live memory does not. Called once at the end of each train step and
-    each generate call, it costs milliseconds and keeps RSS at what the process actually holds."""
+    For a process that idles while another works: the rollout worker calls it after each generate call, so
+    the decode's freed KV caches and logits go back to the machine while the trainer runs (measured: no
+    change in generate time). The trainer does not: its next step needs the same activation memory again,
+    and giving it back cost a re-fault of every page, 5.6 s vs 4.4 s per forward+backward+AdamW step of
+    64 quickstart samples (SmolLM2-135M, bf16 autocast, 2 cores); without it, RSS rises to the largest
+    step's working set (about the peak) within a few steps and stays there."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
