@@ -1,10 +1,12 @@
 """End-to-end GRPO step speed: our CLI against TRL's GRPOTrainer on the same task, model, sizes and steps.
 
     pip install -e ".[bench]"            # TRL (GRPOTrainer) for the TRL arms
-    python benchmarks/vs_trl.py [--steps 6] [--warmup 1] [--arms ours_fp32 ours_bf16 trl_default ...]
+    python benchmarks/vs_trl.py [--steps 6] [--warmup 1] [--rounds 1] [--arms ours_fp32 ours_bf16 trl_default ...]
                                 [--model smollm2-135m-instruct] [--out outputs/vs_trl] [--markdown]
 
-Every arm is its own process, run one after the other (never two at once, so each has the machine):
+Every arm is its own process, run one after the other (never two at once, so each has the machine); with
+`--rounds R` the whole arm list runs R times round-robin (a VM whose speed drifts by ±10% over half an hour
+then slows every arm alike) and each arm's kept steps are pooled:
   - ours_<dtype>: `python -m launch.train configs/quickstart.yaml` (a local Ray cluster: one HF rollout worker,
     one DeepSpeed trainer rank, a reward worker) with `model.dtype=<dtype>` (auto, float32, bfloat16);
   - ours_auto_separate: ours_auto with `trainer.share_prompts=false` (the shared-prompt lever off);
@@ -24,7 +26,8 @@ spread (min-max) of the step time, and completion tokens per second of step time
 seconds, summed over the kept steps). Ratios are against `trl_default` and against the fastest TRL arm. Our step-time split comes from the
 run's own `perf/*` metrics (logged every step by launch/loop.py and the trainer); TRL's generation time from
 timing its generate call. Peak and per-step RSS of the trainer and rollout actors (ours) and of the TRL
-process; `rss_slope_mb_per_step` is the least-squares slope over the kept steps (memory must not grow).
+process; `rss_slope_mb_per_step` is the least-squares slope over the kept steps, `rss_slope_late_mb_per_step`
+over their second half (RSS climbs to the working set's high-water mark in the first steps, then must stay flat).
 Prints one JSON object per arm and, with --markdown, the table for docs/benchmarks.md.
 """
 
@@ -79,35 +82,42 @@ def slope(ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
-def summarize(name: str, steps: list[dict], warmup: int, extra: dict) -> dict:
-    """`steps`: one dict per step with step_s, tokens and optional split/RSS keys."""
-    kept = steps[warmup:]
-    if not kept:
-        raise SystemExit(f"arm {name!r}: no step after the {warmup} warm-up step(s)")
+def summarize(name: str, rounds: list[list[dict]], warmup: int, extra: dict) -> dict:
+    """`rounds`: per round (one process each), one dict per step with step_s, tokens and optional split/RSS
+    keys. The first `warmup` steps of every round are dropped; the rest are pooled."""
+    kept_rounds = [steps[warmup:] for steps in rounds]
+    kept = [s for steps in kept_rounds for s in steps]
+    if not all(kept_rounds):
+        raise SystemExit(f"arm {name!r}: a round had no step after the {warmup} warm-up step(s)")
     times = [s["step_s"] for s in kept]
     out = {
         "arm": name,
+        "rounds": len(rounds),
         "steps_kept": len(kept),
         "step_s_median": round(statistics.median(times), 2),
         "step_s_min": round(min(times), 2),
         "step_s_max": round(max(times), 2),
         "completion_tokens_per_step": round(statistics.fmean(s["tokens"] for s in kept), 1),
         "tokens_per_s": round(sum(s["tokens"] for s in kept) / sum(times), 2),
+        "tokens_per_s_per_round": [round(sum(s["tokens"] for s in r) / sum(s["step_s"] for s in r), 2)
+                                   for r in kept_rounds],
         "split_s_median": {k: round(statistics.median(s["split"][k] for s in kept), 2)
                            for k in SPLIT if all(k in s.get("split", {}) for s in kept)},
     }
     for who in ("trainer", "rollout", "process"):
-        rss = [s[f"{who}_rss_mb"] for s in kept if f"{who}_rss_mb" in s]
-        if rss:
-            out[f"{who}_rss_mb"] = [round(r) for r in rss]
-            out[f"{who}_peak_rss_mb"] = round(max(s[f"{who}_peak_rss_mb"] for s in kept))
-            out[f"{who}_rss_slope_mb_per_step"] = round(slope(rss), 1)
+        per_round = [[s[f"{who}_rss_mb"] for s in r if f"{who}_rss_mb" in s] for r in kept_rounds]
+        if any(per_round):
+            out[f"{who}_rss_mb"] = [round(x) for x in per_round[-1]]  # the last round's, step by step
+            out[f"{who}_peak_rss_mb"] = round(max(s[f"{who}_peak_rss_mb"] for s in kept if f"{who}_peak_rss_mb" in s))
+            out[f"{who}_rss_slope_mb_per_step"] = round(max(slope(r) for r in per_round), 1)  # the steepest round
+            # the same over each round's second half: RSS climbs to the working set's high-water mark in the first
+            # steps (allocator caches), then must stay flat
+            out[f"{who}_rss_slope_late_mb_per_step"] = round(max(slope(r[len(r) // 2:]) for r in per_round), 1)
     return {**out, **extra}
 
 
 # -- our CLI ---------------------------------------------------------------------------------------
-def run_ours(name: str, args: argparse.Namespace) -> dict:
-    out = Path(args.out) / name
+def run_ours(name: str, args: argparse.Namespace, out: Path) -> tuple[list[dict], dict]:
     out.mkdir(parents=True, exist_ok=True)
     total = args.warmup + args.steps
     overrides = [f"model.path={args.model}", f"model.dtype={OUR_ARMS[name][0]}", f"trainer.output_dir={out}",
@@ -134,14 +144,12 @@ def run_ours(name: str, args: argparse.Namespace) -> dict:
     precision = next((line.split("precision:", 1)[1].strip() for line in (out / "train.log").read_text().splitlines()
                       if "precision:" in line), OUR_ARMS[name][0])
     parity = [r["rollout/logprob_diff_mean"] for r in records if "rollout/logprob_diff_mean" in r]
-    return summarize(name, steps, args.warmup, {"precision": precision, "wall_s": round(time.perf_counter() - t0, 1),
-                                                "logprob_diff_mean": round(statistics.fmean(parity), 5)
-                                                if parity else None})
+    return steps, {"precision": precision, "wall_s": round(time.perf_counter() - t0, 1),
+                   "logprob_diff_mean": round(statistics.fmean(parity), 5) if parity else None}
 
 
 # -- TRL -------------------------------------------------------------------------------------------
-def run_trl(name: str, args: argparse.Namespace) -> dict:
-    out = Path(args.out) / name
+def run_trl(name: str, args: argparse.Namespace, out: Path) -> tuple[list[dict], dict]:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, __file__, "--trl-child", name, "--out", str(out), "--model", args.model,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--seed", str(args.seed)]
@@ -151,9 +159,7 @@ def run_trl(name: str, args: argparse.Namespace) -> dict:
     if rc != 0:
         raise SystemExit(f"arm {name!r} failed (exit {rc}); see {out / 'train.log'}")
     steps = json.loads((out / "steps.json").read_text())
-    result = summarize(name, steps["steps"], args.warmup, {"precision": steps["precision"],
-                                                            "wall_s": round(time.perf_counter() - t0, 1)})
-    return result
+    return steps["steps"], {"precision": steps["precision"], "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def trl_child(name: str, args: argparse.Namespace) -> None:
@@ -234,22 +240,26 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
     trl = [r for r in results if r["arm"] in TRL_ARMS]
     best = max(trl, key=lambda r: r["tokens_per_s"]) if trl else None
     lines = [f"CPU: {cpu_model()}, {threads()} threads; torch {_version('torch')}, TRL {_version('trl')}, "
-             f"transformers {_version('transformers')}; {args.warmup} warm-up + {args.steps} timed steps per arm.",
+             f"transformers {_version('transformers')}; {args.rounds} round(s) of {args.warmup} warm-up + "
+             f"{args.steps} timed steps per arm, round-robin.",
              "",
-             "| arm | precision | step s (median, min-max) | completion tok/step | tok/s | vs trl_default | "
+             "| arm | precision | step s (median, min-max) | completion tok/step | tok/s (per round) | vs trl_default | "
              f"vs best TRL ({best['arm'] if best else '-'}) | peak RSS MB (trainer / rollout or process) | "
-             "RSS slope MB/step |",
+             "RSS slope MB/step, all kept steps (second half) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
         vs_best = f"{r['tokens_per_s'] / best['tokens_per_s']:.2f}x" if best else "-"
         if "trainer_peak_rss_mb" in r:
             peak = f"{r['trainer_peak_rss_mb']} / {r.get('rollout_peak_rss_mb', '-')}"
-            grow = f"{r['trainer_rss_slope_mb_per_step']} / {r.get('rollout_rss_slope_mb_per_step', '-')}"
+            grow = (f"{r['trainer_rss_slope_mb_per_step']} / {r.get('rollout_rss_slope_mb_per_step', '-')} (late: "
+                    f"{r['trainer_rss_slope_late_mb_per_step']} / {r.get('rollout_rss_slope_late_mb_per_step', '-')})")
         else:
-            peak, grow = str(r.get("process_peak_rss_mb", "-")), str(r.get("process_rss_slope_mb_per_step", "-"))
+            peak = str(r.get("process_peak_rss_mb", "-"))
+            grow = f"{r.get('process_rss_slope_mb_per_step', '-')} (late: {r.get('process_rss_slope_late_mb_per_step', '-')})"
         lines.append(f"| {r['arm']} | {r['precision']} | {r['step_s_median']} ({r['step_s_min']}-{r['step_s_max']}) "
-                     f"| {r['completion_tokens_per_step']} | {r['tokens_per_s']} | {ratio} | {vs_best} | {peak} | {grow} |")
+                     f"| {r['completion_tokens_per_step']} | {r['tokens_per_s']} ({', '.join(map(str, r['tokens_per_s_per_round']))}) "
+                     f"| {ratio} | {vs_best} | {peak} | {grow} |")
     lines += ["", "Step-time split (median seconds per step):", "",
               "| arm | " + " | ".join(SPLIT) + " |", "|---|" + "---|" * len(SPLIT)]
     for r in results:
@@ -270,7 +280,9 @@ def main() -> None:
                                                   "trl_fp32", "trl_bs64"],
                     choices=[*OUR_ARMS, *TRL_ARMS])
     ap.add_argument("--steps", type=int, default=6, help="timed steps per arm (after the warm-up)")
-    ap.add_argument("--warmup", type=int, default=1, help="first steps of each arm left out of the summary")
+    ap.add_argument("--warmup", type=int, default=1, help="first steps of each run left out of the summary")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the arm list this many times, round-robin, and pool each arm's kept steps")
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model alias or local HF directory")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="outputs/vs_trl")
@@ -285,11 +297,19 @@ def main() -> None:
             import trl  # noqa: F401
         except ImportError:
             raise SystemExit("the TRL arms need TRL: pip install -e '.[bench]' (or choose --arms ours_*)") from None
-    results = []
-    for name in args.arms:
-        result = (run_ours if name in OUR_ARMS else run_trl)(name, args)
+    arms = list(dict.fromkeys(args.arms))
+    steps: dict[str, list[list[dict]]] = {name: [] for name in arms}
+    extra: dict[str, dict] = {}
+    for k in range(args.rounds):  # round-robin: a machine that drifts slows every arm alike
+        for name in arms:
+            out = Path(args.out) / (name if args.rounds == 1 else f"{name}.round{k}")
+            run_steps, info = (run_ours if name in OUR_ARMS else run_trl)(name, args, out)
+            steps[name].append(run_steps)
+            extra[name] = {**info, "wall_s": round(extra.get(name, {}).get("wall_s", 0.0) + info["wall_s"], 1)}
+            print(json.dumps({"round": k, "arm": name, "done": True}), flush=True)
+    results = [summarize(name, steps[name], args.warmup, extra[name]) for name in arms]
+    for result in results:
         print(json.dumps(result), flush=True)
-        results.append(result)
     if args.markdown:
         print(markdown(results, args))
 
