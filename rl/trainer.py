@@ -42,7 +42,7 @@ from rl.lr_schedule import make_lr_scheduler
 from rl.policy import PARITY_KEYS, PolicyModule, check_shared_prompts, parity_sums
 from rl.safe_load import load_weights_only
 from rl.types import Sample, TrainResult
-from rl.weight_sync import Deadline, PublishedWeights, WeightPublisher, full_state_dict, put_buckets
+from rl.weight_sync import Deadline, PublishedWeights, WeightPublisher, full_state_dict, gather_buckets
 
 if TYPE_CHECKING:  # the launch schema's sections, sent to every rank as they are (frozen dataclasses)
     from launch.config import ModelConfig, TrainerConfig
@@ -318,9 +318,9 @@ class TrainerWorker:
         if self.publisher is not None:
             self.publisher.publish(self.receivers)
             return PublishedWeights(self.publisher.transport)
-        # one bucket at a time; the other ranks only join the gathers
-        refs = put_buckets(self.policy.model, ray.put, zero_stage=self.zero_stage, keep=self.rank == 0)
-        return PublishedWeights("object_store", tuple(refs))
+        keep = self.rank == 0  # the other ranks only join the gathers
+        buckets = gather_buckets(self.policy.model, zero_stage=self.zero_stage, keep=keep)
+        return PublishedWeights("object_store", tuple(ray.put(b) for b in buckets if keep))  # one bucket at a time
 
     @torch.no_grad()
     def probe_logprobs(self, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:

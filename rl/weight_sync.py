@@ -187,19 +187,6 @@ def gather_buckets(module: torch.nn.Module, *, zero_stage: int, bucket_bytes: in
                                               for m, p in zip(bucket.tensors, chunk)] if keep else [])
 
 
-def put_buckets(module: torch.nn.Module, put: Callable[[Bucket], T], *, zero_stage: int,
-                bucket_bytes: int = 256 << 20, keep: bool = True) -> list[T]:
-    """The object store transport: `put(bucket)` per bucket of `gather_buckets`' plan, called while the
-    bucket's parameters are gathered, with the parameters themselves where they already are CPU tensors in
-    the wire dtype: the store's copy is then the only one (gather_buckets copies each tensor first, which
-    put would copy again: 540 MB more per sync of a 135M model in fp32). `keep=False` joins the gathers
-    and puts nothing."""
-    puts = list(_per_bucket(module, plan_buckets(param_metas(module, None), bucket_bytes), zero_stage,
-                            lambda bucket, chunk: put([(m.name, p.detach().to("cpu", getattr(torch, m.dtype)))
-                                                       for m, p in zip(bucket.tensors, chunk)]) if keep else None))
-    return puts if keep else []
-
-
 def full_state_dict(module: torch.nn.Module, *, zero_stage: int, keep: bool = True) -> dict[str, torch.Tensor]:
     """The whole model as one CPU state dict (for `final/` and checkpoints' HF export)."""
     out: dict[str, torch.Tensor] = {}

@@ -22,7 +22,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from rl.weight_sync import (ALIGN, Deadline, TensorMeta, WeightPublisher, WeightSyncTimeout, choose_transport,
                             gather_buckets, iter_packed_buckets, pack_bucket, param_metas, plan_buckets,
-                            plan_from_wire, plan_to_wire, put_buckets, unpack_bucket, wait_until, with_deadline)
+                            plan_from_wire, plan_to_wire, unpack_bucket, wait_until, with_deadline)
 
 
 def tiny(seed: int, tie: bool = True) -> LlamaForCausalLM:
@@ -134,32 +134,6 @@ def test_object_store_buckets_follow_the_plan_of_the_gpu_transports():
     assert all(t.dtype == torch.bfloat16 for b in wire for _, t in b)
     # other ranks join every bucket's gather (ZeRO-3 collectives) but copy nothing
     assert list(gather_buckets(model, zero_stage=0, bucket_bytes=4096, keep=False)) == [[]] * len(plan)
-
-
-def test_put_buckets_hands_the_store_the_parameters_themselves():
-    """The trainer's object-store sync: `put` sees gather_buckets' buckets, but holding the CPU parameters
-    themselves (no copy first: the store's put is the copy), and what was put is what the model held then."""
-    import pickle
-
-    model = tiny(0)
-    seen = []
-
-    def put(bucket):  # a store: keeps a serialised copy, as ray.put does
-        seen.append([t.data_ptr() for _, t in bucket])
-        return pickle.dumps(bucket)
-
-    refs = put_buckets(model, put, zero_stage=0, bucket_bytes=4096)
-    params = dict(model.named_parameters())
-    assert seen == [[params[n].data_ptr() for n, _ in b]
-                                                    for b in gather_buckets(model, zero_stage=0, bucket_bytes=4096)]
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)  # the next step's update: the stored copy must not follow
-    stored = [pickle.loads(r) for r in refs]
-    expected = list(gather_buckets(tiny(0), zero_stage=0, bucket_bytes=4096))
-    assert [[n for n, _ in b] for b in stored] == [[n for n, _ in b] for b in expected]
-    assert all(torch.equal(t, e) for b, eb in zip(stored, expected) for (_, t), (_, e) in zip(b, eb))
-    assert put_buckets(model, put, zero_stage=0, keep=False) == [] and len(seen) == len(refs)
 
 
 @pytest.mark.parametrize("transport", ["object_store", "packed"])
