@@ -136,6 +136,23 @@ def test_object_store_buckets_follow_the_plan_of_the_gpu_transports():
     assert list(gather_buckets(model, zero_stage=0, bucket_bytes=4096, keep=False)) == [[]] * len(plan)
 
 
+def test_object_store_buckets_own_their_memory():
+    """DeepSpeed ZeRO 1-2 make every parameter a view into one flat buffer; a bucket that held such views would
+    pickle (ray.put) the whole buffer, the full model per bucket. gather_buckets' tensors own just their bytes."""
+    import pickle
+
+    model = tiny(0)
+    params = list(model.parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    offset = 0
+    for p in params:  # re-point each parameter into the flat buffer, as DeepSpeed's flattening does
+        p.data = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    for bucket in gather_buckets(model, zero_stage=0, bucket_bytes=4096):
+        wire = sum(t.numel() * t.element_size() for _, t in bucket)
+        assert len(pickle.dumps(bucket)) < wire + 4096 < flat.numel() * flat.element_size() // 2
+
+
 @pytest.mark.parametrize("transport", ["object_store", "packed"])
 def test_buckets_are_sized_by_the_dtype(transport):
     """Eight 16×16 weights: 1 KiB each in float32, 512 B in bfloat16; a 2 KiB bucket holds 2 or 4 of them
