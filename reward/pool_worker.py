@@ -52,8 +52,21 @@ _call_pid = 0
 """The process of the call in progress (0 between calls): where a SIGUSR1 goes."""
 
 
+def _renumber_low(fd: int) -> int:
+    """`fd` moved to the lowest free descriptor number. The pipes keep the numbers they had in the parent
+    (pass_fds), high in a process that holds many files (a Ray actor, a long test session); the sandbox
+    lets a worker keep the descriptors it holds, so RLIMIT_NOFILE would rise with them, above the
+    configured max_open_files."""
+    low = os.dup(fd)
+    if low > fd:
+        os.close(low)
+        return fd
+    os.close(fd)
+    return low
+
+
 def main(argv: list[str]) -> int:
-    rfd, wfd, dump_fd = int(argv[1]), int(argv[2]), int(argv[3])
+    rfd, wfd, dump_fd = (_renumber_low(int(a)) for a in argv[1:4])
     frame = read_frame(rfd)
     if frame is None:
         return 1

@@ -275,9 +275,16 @@ def test_opening_1000_files_fails_with_emfile_and_the_next_call_starts_clean(tmp
         assert "open-file limit max_open_files=256" in first.error
         assert (second.status, second.reward) == ("ok", 20.0), second  # its descriptors died with its process
         assert runner.worker_restarts == 0
-    with RewardRunner([f"{HERE}:open_many"], timeout_s=5.0, num_workers=1, sandbox=level,
-                      max_open_files=64) as runner:
-        [result] = runner.score([_row(n=100)])
-        assert "max_open_files=64" in (result.error or ""), result
+    # the test process holding 200 more files (as a Ray actor or a long test session may) must not lift the
+    # worker's limit: its pipes arrive under high descriptor numbers, and the worker renumbers them
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(200)]
+    try:
+        with RewardRunner([f"{HERE}:open_many"], timeout_s=5.0, num_workers=1, sandbox=level,
+                          max_open_files=64) as runner:
+            [result] = runner.score([_row(n=100)])
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert "max_open_files=64" in (result.error or ""), result
     with pytest.raises(ValueError, match="max_open_files"):
         RewardRunner(["arith"], max_open_files=8)
