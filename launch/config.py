@@ -316,6 +316,10 @@ class TrainerConfig:
     eval excluded) reach this budget; null = total_steps only. For compute-matched comparisons."""
     eval_every: int = 10
     """Run held-out greedy eval every this many steps (0: only at start and end)."""
+    kl_probe: int = 32
+    """Answers of step 1 (sampled from the starting policy) kept as a fixed probe: after every update the trainer
+    scores them and logs actor/kl_to_start, the k3 estimate of KL(π_start‖π) per token at the rollout temperature
+    (one no-grad forward of this many sequences per step); 0 disables."""
     eval_k: int = 0
     """Also sample this many answers per held-out prompt at each eval (at eval.temperature, eval.top_p) and log
     eval/avg@k and eval/pass@k' for k' = 1, 2, 4, ..., k (rl/passk.py); 0: greedy only."""
@@ -341,6 +345,8 @@ class TrainerConfig:
             raise ConfigError(f"trainer.zero_stage={self.zero_stage}: use 0, 1, 2 or 3")
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise ConfigError(f"trainer.lr_scheduler={self.lr_scheduler!r}: use one of {', '.join(LR_SCHEDULERS)}")
+        if self.kl_probe < 0:
+            raise ConfigError(f"trainer.kl_probe={self.kl_probe}: must be >= 0 (0: no KL-to-start metric)")
         if self.warmup_steps < 0:
             raise ConfigError(f"trainer.warmup_steps={self.warmup_steps}: must be >= 0 (0: no warm-up)")
         if self.resume not in ("auto", "never") and not self.resume:

@@ -106,6 +106,7 @@ class Driver:
         self.step, self.version, self.next_group_id = 0, 0, 0
         self.generated_tokens = 0  # every sampled response token of the run (all rounds, eval excluded)
         self.failed_reward_steps = 0  # consecutive steps in which every sample failed its reward
+        self.kl_probe: dict | None = None  # step 1's answers and their starting-policy logprobs (trainer.kl_probe)
 
     # -- the loop --------------------------------------------------------------------------
     def train(self) -> None:
@@ -144,8 +145,11 @@ class Driver:
                                                step=step, version=self.version)
             metrics.update(replay_m)
 
+            if self.kl_probe is None and self.version == 0 and t.kl_probe:
+                self.kl_probe = self.record_kl_probe(samples)
             t_train = time.perf_counter()
             metrics.update(steps.train_metrics(self.train_on(batch), batch))  # step 6
+            metrics.update(self.kl_to_start())
             t_sync = time.perf_counter()
             self.sync_weights(step)  # step 7
             timing.update({"perf/train_s": t_sync - t_train, "perf/sync_s": time.perf_counter() - t_sync})
@@ -383,6 +387,26 @@ class Driver:
         parts = self.trainer_call("sequence_kl", "computing the KL to the reference", ray.put(samples), kr.estimator)
         return steps.apply_kl_penalty(samples, {i: v for part in parts for i, v in part.items()}, kr.coef)
 
+    def record_kl_probe(self, samples: list[Sample]) -> dict | None:
+        """The fixed probe of actor/kl_to_start: up to trainer.kl_probe answers of step 1, which the starting
+        policy sampled, with the trainer's logprobs of them under that policy (not the engine's, so the metric
+        measures how far the policy moved, not the engine-trainer gap)."""
+        chosen = [s for s in samples if s.response_ids][: self.cfg.trainer.kl_probe]
+        if not chosen:
+            return None
+        prompts, responses = [list(s.prompt_ids) for s in chosen], [list(s.response_ids) for s in chosen]
+        start = self.trainer_call("probe_logprobs", "scoring the KL probe", prompts, responses)[0]
+        return {"prompts": prompts, "responses": responses, "logprobs": start}
+
+    def kl_to_start(self) -> dict[str, float]:
+        """actor/kl_to_start after this step's update (empty without a probe: trainer.kl_probe=0, or a run resumed
+        from a checkpoint written before the probe existed)."""
+        if self.kl_probe is None:
+            return {}
+        p = self.kl_probe
+        now = self.trainer_call("probe_logprobs", "scoring the KL probe", p["prompts"], p["responses"])[0]
+        return steps.kl_to_start(p["logprobs"], now)
+
     def train_on(self, batch: list[Sample]) -> list[TrainResult]:
         """One step's updates on every trainer rank (each takes its shard of every mini-batch)."""
         t = self.cfg.trainer
@@ -438,7 +462,7 @@ class Driver:
                 "iterator": self.iterator.state_dict(), "rng": self.rng.getstate(),
                 "sampler": self.sampler.state_dict() if self.sampler is not None else None,
                 "replay": self.replay.state_dict() if self.replay is not None else None,
-                "replay_rng": rng_state(self.replay_rng)}
+                "replay_rng": rng_state(self.replay_rng), "kl_probe": self.kl_probe}
 
     def save_checkpoint(self, step: int) -> None:
         def save_trainer(directory: str, tag: str) -> None:
@@ -477,6 +501,7 @@ class Driver:
             self.replay.load_state_dict(state["replay"])
         if "replay_rng" in state:
             set_rng_state(self.replay_rng, state["replay_rng"])
+        self.kl_probe = state.get("kl_probe")
 
     def save_final(self) -> None:
         self.trainer_call("save_hf", "writing final/", str(self.out / "final"))

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 Rows = list[dict[str, Any]]
 TIME_SPLIT = ("perf/generate_s", "perf/reward_s", "perf/train_s", "perf/sync_s")
-SIZE_PX = (1500, 1100)
+SIZE_PX = (1500, 1450)
 
 
 class PlotError(Exception):
@@ -134,6 +134,7 @@ PANELS: list[tuple[str, Callable[[Axes, Rows], bool]]] = [
      lambda ax, r: lines(ax, r, ["rollout/response_length_mean", "rollout/response_length_max"])),
     ("clip fraction", lambda ax, r: lines(ax, r, matching(r, "actor/pg_clipfrac"))),
     ("rollout/trainer logprob gap", logprob_gap),
+    ("policy KL to its start (per token)", lambda ax, r: lines(ax, r, ["actor/kl_to_start"])),
     ("grad norm (right: lr)", lambda ax, r: with_twin(ax, r, "actor/grad_norm", "actor/lr")),
     ("step time split (s)", time_split),
     ("throughput (tokens/s)", lambda ax, r: lines(ax, r, ["perf/tokens_per_s"])),
@@ -145,7 +146,10 @@ def draw(rows: Rows, title: str) -> Figure:
     fig = Figure(figsize=(SIZE_PX[0] / 100, SIZE_PX[1] / 100), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     faults = fault_steps(rows)
-    for ax, (name, panel) in zip(fig.subplots(3, 3).flat, PANELS):
+    axes = list(fig.subplots(-(-len(PANELS) // 3), 3).flat)
+    for ax in axes[len(PANELS):]:
+        ax.set_axis_off()
+    for ax, (name, panel) in zip(axes, PANELS):
         ax.set_title(name, fontsize=10)
         if not panel(ax, rows):
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")

@@ -6,6 +6,8 @@ names carry no prefix on a sample (`math`, `math/acc`, `acc`); `rollout_metrics`
 
 from __future__ import annotations
 
+import math
+
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -194,6 +196,21 @@ def train_metrics(results: list[TrainResult], batch: list[Sample]) -> dict[str, 
     out["actor/informative_samples"] = sum(1 for s in batch if s.advantage)  # fresh and replayed
     out.setdefault("loss/policy", 0.0)  # every sample skipped: all advantages 0, the loss is exactly 0
     return out
+
+
+def kl_to_start(start: list[list[float]], now: list[list[float]]) -> dict[str, float]:
+    """actor/kl_to_start: the k3 estimate (Schulman 2020, "Approximating KL divergence") of KL(π_start‖π) per
+    token, from answers sampled by the starting policy: with d = log π(y_t) − log π_start(y_t), the mean over
+    tokens of e^d − 1 − d, which is ≥ 0 term by term and unbiased for samples drawn from π_start.
+
+    >>> kl_to_start([[-1.0, -2.0]], [[-1.0, -2.0]])
+    {'actor/kl_to_start': 0.0}
+    >>> round(kl_to_start([[0.0]], [[math.log(0.5)]])["actor/kl_to_start"], 4)  # 0.5 - 1 + log 2
+    0.1931
+    """
+    terms = [math.expm1(b - a) - (b - a) for xs, ys in zip(start, now, strict=True)
+             for a, b in zip(xs, ys, strict=True)]
+    return {"actor/kl_to_start": sum(terms) / len(terms)} if terms else {}
 
 
 def eval_metrics(samples: list[Sample]) -> dict[str, float]:

@@ -19,6 +19,7 @@ import torch
 from launch.cluster import create_workers
 from launch.loop import Driver
 from launch.prepare import prepare
+from rl import steps
 
 from .conftest import debug_config, ones_reward
 
@@ -75,6 +76,14 @@ def test_train_sync_and_outputs(ray_cluster, tmp_path, zero_stage):
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4), (a, b)
     assert ray.get(workers.rollout[0].ping.remote()) == 2  # policy version after 2 syncs
 
+    # actor/kl_to_start: step 1's answers scored under the starting policy, then under each step's weights
+    probe = driver.kl_probe
+    assert len(probe["responses"]) == min(cfg.trainer.kl_probe, cfg.trainer.train_prompts * cfg.rollout.group_size) and all(probe["responses"])
+    assert all(r["actor/kl_to_start"] >= 0 for r in records[1:]) and records[2]["actor/kl_to_start"] > 0
+    now = ray.get(workers.trainer[0].probe_logprobs.remote(probe["prompts"], probe["responses"]))
+    assert steps.kl_to_start(probe["logprobs"], now)["actor/kl_to_start"] == pytest.approx(
+        records[2]["actor/kl_to_start"], rel=1e-6)
+
     # what a sync publishes: from every rank a PublishedWeights; rank 0's buckets hold every parameter once,
     # gathered whole (ZeRO-3 partitions included), exactly as final/ has it
     published = ray.get([t.publish_weights.remote() for t in workers.trainer])
@@ -98,7 +107,9 @@ def test_resume_continues_at_the_right_step_and_reproduces(ray_cluster, tmp_path
     b = _records(part)
     assert [r["step"] for r in b] == [0, 1, 2, 3, 4]  # nothing re-run, nothing skipped
     for r in b[3:]:
-        for key in ("reward/mean", "loss/policy", "rollout/response_length_mean", "actor/grad_norm"):
+        # actor/kl_to_start: the probe of step 1 came back with the checkpoint
+        for key in ("reward/mean", "loss/policy", "rollout/response_length_mean", "actor/grad_norm",
+                    "actor/kl_to_start"):
             assert r[key] == pytest.approx(a[r["step"]][key], rel=1e-6, abs=1e-7), key
 
 

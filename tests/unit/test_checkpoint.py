@@ -153,7 +153,8 @@ def _driver_state() -> dict:
     replay.sample(2, gen, current_version=3)
     return {"step": 2, "version": 2, "next_group_id": 17, "generated_tokens": 2**40, "iterator": iterator.state_dict(),
             "rng": rng.getstate(), "sampler": sampler.state_dict(), "replay": replay.state_dict(),
-            "replay_rng": rng_state(gen)}
+            "replay_rng": rng_state(gen),
+            "kl_probe": {"prompts": [[1, 2]], "responses": [[3, 4, 5]], "logprobs": [[-0.5, -1.25, -2.0]]}}
 
 
 def _same(a, b) -> bool:

@@ -25,7 +25,8 @@ def _rows() -> list[dict]:
     rows: list[dict] = [{"step": 0, "time": 1.7e9, "eval/accuracy": 0.1}]
     for s in range(1, 7):
         row = {"step": s, "time": 1.7e9 + 30 * s, "reward/mean": 0.2 + 0.1 * s, "reward/arith/acc": 0.1 * s,
-               "actor/entropy": None if s == 3 else 1.5 - 0.1 * s, "rollout/response_length_mean": 40.0 + s,
+               "actor/entropy": None if s == 3 else 1.5 - 0.1 * s, "actor/kl_to_start": 0.01 * s,
+               "rollout/response_length_mean": 40.0 + s,
                "rollout/response_length_max": 64, "rollout/logprob_diff_mean": 1e-3 * s,
                "rollout/behaviour_kl_k3": 1e-6 * s, "actor/grad_norm": 2.0 / s, "actor/lr": 1e-6,
                "perf/generate_s": 20.0, "perf/reward_s": 1.0, "perf/train_s": 8.0 + s, "perf/sync_s": 0.5,
