@@ -284,10 +284,13 @@ class TrainerConfig:
     """AdamW learning rate (DeepSeekMath GRPO: 1e-6)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
-    lr_scheduler: str = "constant"
-    """LR schedule after the warm-up: `constant`, `linear` or `cosine` (both decay to 0) over the run's planned
-    optimizer steps, total_steps × mini_batches × epochs; a run that takes fewer (a step with fewer samples than
-    mini_batches, or one ended by max_generated_tokens) ends above 0. transformers' schedules (rl/lr_schedule.py)."""
+    lr_scheduler: str = "linear"
+    """LR schedule after the warm-up: `linear` or `cosine` (both decay to 0) over the run's planned optimizer
+    steps, total_steps × mini_batches × epochs, or `constant`; a run that takes fewer (a step with fewer samples
+    than mini_batches, or one ended by max_generated_tokens) ends above 0. transformers' schedules
+    (rl/lr_schedule.py). Linear is the default because at a constant lr Adam keeps moving the policy at full step
+    size once most groups are solved and only a few noisy ones carry gradient, and held-out accuracy falls late in
+    the run (docs/benchmarks.md, learning quality); paper recipes that use a constant lr set it."""
     warmup_steps: int = 0
     """Linear LR warm-up, in optimizer steps: the first runs at lr/warmup_steps, the warmup_steps-th at lr."""
     grad_clip: float = 1.0
