@@ -27,9 +27,9 @@ Tasks (`data.arith` settings): `arith` is the built-in task (three single-digit 
 seed) run writes `<out>/<task>/<arm>/seed<k>/curve.json` and is skipped when that file exists, so a long sweep
 can be stopped and continued. The summary (JSON per task and arm, and with --markdown the tables for
 docs/benchmarks.md) gives, over seeds: mean and spread (min-max) of held-out accuracy at every eval step, the
-final accuracy with its standard error (across seeds when there are several, else the binomial one), the late
-drop (the largest fall from one eval to a later one within the last third of the run) against two standard
-errors, and the generated completion tokens each side needed to first reach 90% of TRL's final mean accuracy.
+final accuracy with its standard error (across seeds, never below the binomial SE of 200 prompts averaged over
+the seeds), the late drop (the largest fall from one eval to a later one within the last third of the run) of
+the mean curve and of each seed, against two standard errors of that difference, and the generated completion tokens each side needed to first reach 90% of TRL's final mean accuracy.
 """
 
 from __future__ import annotations
@@ -215,19 +215,35 @@ def summarize(task: str, arm: str, runs: dict[int, dict], steps: int, n_eval: in
     mean = {st: statistics.fmean(v) for st, v in acc.items()}
     final = eval_steps[-1]
 
-    def se(st: int) -> float:
-        if len(seeds) > 1:  # across seeds: includes the trajectory-to-trajectory spread, not only sampling noise
-            return statistics.stdev(acc[st]) / math.sqrt(len(seeds))
-        p = mean[st]
-        return math.sqrt(p * (1 - p) / n_eval)
+    def binomial(p: float, k: int = 1) -> float:  # the eval's own sampling noise: 200 prompts, k seeds averaged
+        return math.sqrt(p * (1 - p) / (n_eval * k))
 
-    last_third = [st for st in eval_steps if st >= steps * 2 / 3]
-    drop, where = 0.0, None
-    for i, a in enumerate(last_third):
-        for b in last_third[i + 1:]:
-            if mean[a] - mean[b] > drop:
-                drop, where = mean[a] - mean[b], (a, b)
-    drop_se = se(where[1]) if where else se(final)
+    def se(st: int) -> float:
+        floor = binomial(mean[st], len(seeds))
+        if len(seeds) > 1:  # across seeds: the trajectory-to-trajectory spread too, never below the eval's noise
+            return max(statistics.stdev(acc[st]) / math.sqrt(len(seeds)), floor)
+        return floor
+
+    def largest_fall(curve: dict[int, float]) -> tuple[float, tuple[int, int] | None]:
+        """The largest fall from one eval to a later one within the last third of the run."""
+        last = [st for st in eval_steps if st >= steps * 2 / 3]
+        best: tuple[float, tuple[int, int] | None] = (0.0, None)
+        for i, a in enumerate(last):
+            for b in last[i + 1:]:
+                if curve[a] - curve[b] > best[0]:
+                    best = (curve[a] - curve[b], (a, b))
+        return best
+
+    # a drop is a difference of two evals: its SE is that of both (as if independent; the same 200 prompts
+    # make them positively correlated, so this overstates it a little)
+    drop, where = largest_fall(mean)
+    drop_se = math.hypot(se(where[0]), se(where[1])) if where else math.sqrt(2) * se(final)
+    per_seed = []
+    for j, s in enumerate(seeds):
+        curve = {st: acc[st][j] for st in eval_steps}
+        d, w = largest_fall(curve)
+        d_se = math.hypot(binomial(curve[w[0]]), binomial(curve[w[1]])) if w else math.sqrt(2) * binomial(curve[final])
+        per_seed.append({"seed": s, "late_drop": round(d, 4), "steps": w, "two_se": round(2 * d_se, 4)})
     train_stats = {}
     for key in ("reward", "entropy", "grad_norm", "pg_clipfrac", "kl_to_start"):
         per_step: dict[int, list[float]] = {}
@@ -244,6 +260,7 @@ def summarize(task: str, arm: str, runs: dict[int, dict], steps: int, n_eval: in
             "tokens_mean": [round(tok[st]) for st in eval_steps],
             "final_accuracy": round(mean[final], 4), "final_se": round(se(final), 4),
             "late_drop": round(drop, 4), "late_drop_steps": where, "late_drop_2se": round(2 * drop_se, 4),
+            "late_drop_per_seed": per_seed,
             "wall_s_mean": round(statistics.fmean(runs[s]["wall_s"] for s in seeds), 1),
             "train": train_stats}
 
@@ -262,7 +279,8 @@ def compare(results: list[dict]) -> list[dict]:
     for task in dict.fromkeys(r["task"] for r in results):
         trl = next((r for r in results if r["task"] == task and r["arm"] == "trl"), None)
         for r in (r for r in results if r["task"] == task):
-            g = {"task": task, "arm": r["arm"], "late_drop_ok": r["late_drop"] <= r["late_drop_2se"]}
+            g = {"task": task, "arm": r["arm"], "late_drop_ok": r["late_drop"] <= r["late_drop_2se"],
+                 "tokens_trl": tokens_to_reach(r, 0.9 * trl["final_accuracy"]) if trl is r else None}
             if trl is not None and r["arm"] != "trl":
                 threshold = 0.9 * trl["final_accuracy"]
                 ours_t, trl_t = tokens_to_reach(r, threshold), tokens_to_reach(trl, threshold)
@@ -289,15 +307,21 @@ def markdown(results: list[dict], goals: list[dict], args: argparse.Namespace) -
             cells = [f"{m:.3f} ({lo:.2f}-{hi:.2f})" if len(r["seeds"]) > 1 else f"{m:.3f}"
                      for m, lo, hi in zip(r["accuracy_mean"], r["accuracy_min"], r["accuracy_max"])]
             lines.append(f"| {r['arm']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
-        lines += ["", "| arm | final ± SE | late drop (2 SE) | tokens to 90% of TRL final | vs TRL | "
-                  "entropy first → last | wall s per run |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "| arm | final ± SE | late drop of the mean (2 SE) | worst seed's late drop (2 SE) | "
+                  "tokens to 90% of TRL final | vs TRL | entropy first → last | KL to start, last step | "
+                  "wall s per run |", "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             g = next(g for g in goals if g["task"] == task and g["arm"] == r["arm"])
             ent = r["train"].get("entropy", {})
             ent_s = f"{next(iter(ent.values())):.2f} → {list(ent.values())[-1]:.2f}" if ent else "-"
+            worst = max(r["late_drop_per_seed"], key=lambda d: d["late_drop"] - d["two_se"])
+            kl = r["train"].get("kl_to_start", {})
+            kl_s = f"{list(kl.values())[-1]:.3f}" if kl else "-"
+            tok = g.get("tokens_ours" if r["arm"] != "trl" else "tokens_trl", "-")
             lines.append(f"| {r['arm']} | {r['final_accuracy']:.3f} ± {r['final_se']:.3f} | {r['late_drop']:.3f} "
-                         f"({r['late_drop_2se']:.3f}) | {g.get('tokens_ours', '-')} | "
-                         f"{g.get('tokens_ratio', '-')} | {ent_s} | {r['wall_s_mean']} |")
+                         f"({r['late_drop_2se']:.3f}) | {worst['late_drop']:.3f} ({worst['two_se']:.3f}, seed "
+                         f"{worst['seed']}) | {tok} | {g.get('tokens_ratio', '-')} | {ent_s} | {kl_s} | "
+                         f"{r['wall_s_mean']} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -336,9 +360,14 @@ def main() -> None:
                     out.mkdir(parents=True, exist_ok=True)
                     curve = (run_trl(task, seed, args, out) if arm == "trl"
                              else run_ours(task, seed, variants.get(arm, []), args, out))
-                    done.write_text(json.dumps({**curve, "task": task, "arm": arm, "seed": seed,
+                    done.write_text(json.dumps({**curve, "task": task, "arm": arm, "seed": seed, "steps": args.steps,
+                                                "eval_every": args.eval_every,
                                                 "overrides": variants.get(arm, [])}))
                 runs[seed] = json.loads(done.read_text())
+                sizes = (runs[seed].get("steps", args.steps), runs[seed].get("eval_every", args.eval_every))
+                if sizes != (args.steps, args.eval_every):
+                    raise SystemExit(f"{done}: a run of {sizes[0]} steps evaluated every {sizes[1]}, not "
+                                     f"{args.steps}/{args.eval_every}; give another --out")
                 print(json.dumps({"task": task, "arm": arm, "seed": seed,
                                   "accuracy": [e["accuracy"] for e in runs[seed]["evals"]]}), flush=True)
             results.append(summarize(task, arm, runs, args.steps, 200))

@@ -40,7 +40,9 @@ def test_late_drop_is_the_largest_fall_inside_the_last_third(lvt):
     assert r["late_drop"] == pytest.approx(0.1) and r["late_drop_steps"] == (25, 30)
     assert r["final_accuracy"] == 0.7
     assert r["final_se"] == pytest.approx(math.sqrt(0.7 * 0.3 / 200), abs=1e-4)  # one seed: binomial
-    assert r["late_drop_2se"] == pytest.approx(2 * math.sqrt(0.7 * 0.3 / 200), abs=1e-4)
+    # a drop is a difference of two evals: 2 SE of (0.8 - 0.7)
+    assert r["late_drop_2se"] == pytest.approx(2 * math.sqrt((0.8 * 0.2 + 0.7 * 0.3) / 200), abs=1e-4)
+    assert r["late_drop_per_seed"][0]["late_drop"] == pytest.approx(0.1)
 
 
 def test_several_seeds_use_the_spread_across_seeds(lvt):
@@ -49,6 +51,9 @@ def test_several_seeds_use_the_spread_across_seeds(lvt):
     assert r["accuracy_mean"] == [0.1, 0.5, 0.7] and r["accuracy_min"][2] == 0.6 and r["accuracy_max"][2] == 0.8
     assert r["final_se"] == pytest.approx(0.1 / math.sqrt(3), abs=1e-4)
     assert r["late_drop"] == 0.0 and r["train"]["entropy"][10] == pytest.approx(1.9)
+    # seeds that agree by chance: the SE never falls below the eval's own noise (200 prompts x 3 seeds)
+    same = lvt.summarize("t", "ours", {s: _run([0.1, 0.5, 0.7]) for s in range(3)}, steps=10, n_eval=200)
+    assert same["final_se"] == pytest.approx(math.sqrt(0.7 * 0.3 / 600), abs=1e-4)
 
 
 def test_goals_against_trl(lvt):
