@@ -3,7 +3,7 @@
     pip install -e ".[bench]"            # TRL (GRPOTrainer) for the trl side
     python benchmarks/learning_vs_trl.py [--tasks arith add2d] [--seeds 0 1 2] [--sides ours trl]
                                          [--steps 30] [--eval-every 5] [--variant NAME:key=value,key=value ...]
-                                         [--out outputs/learning_vs_trl] [--markdown]
+                                         [--out outputs/learning_vs_trl] [--markdown] [--no-run]
 
 What is the same on both sides (one place: `shared_overrides`): SmolLM2-135M-Instruct; the task's prompts,
 rendered once by our data path (`launch.prepare`: chat template + the quickstart's suffix " Answer with just
@@ -338,6 +338,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model alias or local HF directory")
     ap.add_argument("--out", default="outputs/learning_vs_trl")
     ap.add_argument("--markdown", action="store_true", help="also print the docs/benchmarks.md tables")
+    ap.add_argument("--no-run", action="store_true",
+                    help="only summarise the runs already in --out (seeds not run yet are left out)")
     ap.add_argument("--trl-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.trl_child:
@@ -356,6 +358,8 @@ def main() -> None:
             for seed in args.seeds:
                 out = Path(args.out) / task / arm / f"seed{seed}"
                 done = out / "curve.json"
+                if not done.exists() and args.no_run:
+                    continue
                 if not done.exists():
                     out.mkdir(parents=True, exist_ok=True)
                     curve = (run_trl(task, seed, args, out) if arm == "trl"
@@ -370,7 +374,8 @@ def main() -> None:
                                      f"{args.steps}/{args.eval_every}; give another --out")
                 print(json.dumps({"task": task, "arm": arm, "seed": seed,
                                   "accuracy": [e["accuracy"] for e in runs[seed]["evals"]]}), flush=True)
-            results.append(summarize(task, arm, runs, args.steps, 200))
+            if runs:
+                results.append(summarize(task, arm, runs, args.steps, 200))
     goals = compare(results)
     for r in results:
         print(json.dumps(r), flush=True)
