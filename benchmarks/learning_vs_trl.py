@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vs_trl import GROUP, LR, MAX_NEW, PROMPTS, _version, cpu_model, threads  # noqa: E402
+from vs_trl import GROUP, LR, MAX_NEW, PROMPTS, _version, cpu_model, threads, train_cli  # noqa: E402
 
 TASKS = {
     "arith": [],
@@ -83,15 +82,8 @@ def run_ours(task: str, seed: int, extra: list[str], args: argparse.Namespace, o
     overrides = [*shared_overrides(task, args.steps, args.eval_every, seed), f"model.path={args.model}",
                  f"trainer.output_dir={out}", "trainer.resume=never", "trainer.save_every=0",
                  "trainer.checkpoint_hf=false", "logging.console=plain", "logging.wandb_mode=disabled", *extra]
-    cmd = [sys.executable, "-m", "launch.train", "configs/quickstart.yaml", *overrides]
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     t0 = time.perf_counter()
-    with open(out / "train.log", "w") as log:
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-    if rc != 0:
-        raise SystemExit(f"ours ({task}, seed {seed}) failed (exit {rc}); see {out / 'train.log'}")
-    records = sorted((json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()),
-                     key=lambda r: r["step"])
+    records = train_cli(overrides, out, f"ours ({task}, seed {seed})")
     evals, train, tokens = [], [], 0
     for r in records:
         tokens = r.get("perf/generated_tokens_total", tokens)

@@ -117,6 +117,19 @@ def summarize(name: str, rounds: list[list[dict]], warmup: int, extra: dict) -> 
 
 
 # -- our CLI ---------------------------------------------------------------------------------------
+def train_cli(overrides: list[str], out: Path, what: str) -> list[dict]:
+    """`python -m launch.train configs/quickstart.yaml <overrides>` with its output in <out>/train.log; the run's
+    metrics.jsonl records in step order (SystemExit naming `what` and the log when it fails)."""
+    cmd = [sys.executable, "-m", "launch.train", "configs/quickstart.yaml", *overrides]
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    with open(out / "train.log", "w") as log:
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    if rc != 0:
+        raise SystemExit(f"{what} failed (exit {rc}); see {out / 'train.log'}")
+    return sorted((json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()),
+                  key=lambda r: r["step"])
+
+
 def run_ours(name: str, args: argparse.Namespace, out: Path) -> tuple[list[dict], dict]:
     out.mkdir(parents=True, exist_ok=True)
     total = args.warmup + args.steps
@@ -127,14 +140,8 @@ def run_ours(name: str, args: argparse.Namespace, out: Path) -> tuple[list[dict]
                  f"rollout.max_new_tokens={MAX_NEW}", "rollout.temperature=1.0", "rollout.top_p=1.0",
                  f"trainer.lr={LR}",
                  "logging.console=plain", "logging.wandb_mode=disabled", *OUR_ARMS[name][1], *args.overrides]
-    cmd = [sys.executable, "-m", "launch.train", "configs/quickstart.yaml", *overrides]
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     t0 = time.perf_counter()
-    with open(out / "train.log", "w") as log:
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-    if rc != 0:
-        raise SystemExit(f"arm {name!r} failed (exit {rc}); see {out / 'train.log'}")
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = train_cli(overrides, out, f"arm {name!r}")
     steps = []
     for r in sorted((r for r in records if r["step"] > 0), key=lambda r: r["step"]):
         split = {k: r[f"perf/{k}_s"] for k in SPLIT if f"perf/{k}_s" in r}
