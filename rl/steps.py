@@ -7,7 +7,6 @@ names carry no prefix on a sample (`math`, `math/acc`, `acc`); `rollout_metrics`
 from __future__ import annotations
 
 import math
-
 from typing import TYPE_CHECKING, Any
 
 import torch
