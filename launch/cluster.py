@@ -2,7 +2,8 @@
 
 `connect` joins the cluster that `ray job submit` runs us in (RAY_ADDRESS), or the configured
 `ray.address`, or starts a local one. On CPU every actor is a plain actor that asks for no CPU
-slot (we size torch threads ourselves, and the synchronous loop runs one phase at a time). On
+slot (we size torch threads ourselves; the synchronous loop runs one phase at a time, and the overlapped
+modes of trainer.async_mode pin each rollout worker and trainer rank to its own cores, `plan_cpus`). On
 GPUs launch/placement.py plans which GPU each rollout engine and trainer rank gets (`split` or
 `colocated`), one placement group reserves them and each actor runs in its bundle; then the trainer
 connects the weight transport that rl/weight_sync.py chooses (NCCL, CUDA IPC or the object store).
@@ -111,6 +112,11 @@ class Workers:
     transport: str = "object_store"
     incarnations: Counter = field(default_factory=Counter)
     """(role, index) → how many times that actor was started before (injected faults hit the first only)."""
+    cores: dict[str, list[list[int]]] = field(default_factory=dict)
+    """CPU overlap (trainer.async_mode other than sync, no GPUs): role → each actor's own CPU cores."""
+
+    def __post_init__(self) -> None:
+        self.cores = plan_cpus(self.cfg)
 
     @property
     def stack_dir(self) -> Path:
@@ -130,7 +136,8 @@ class Workers:
 
         return ray.remote(RolloutWorker).options(**_rollout_options(self.gpu, i), name=None).remote(
             r.engine, self.model_path, engine_kwargs=_engine_kwargs(cfg, self.gpu, i),
-            threads=_threads(t.threads_per_worker, r.num_workers), guard=self._guard("rollout", i))
+            threads=_threads(r.threads_per_worker or t.threads_per_worker, r.num_workers),
+            cores=self.cores["rollout"][i] if self.cores else None, guard=self._guard("rollout", i))
 
     def new_reward(self, k: int):
         from reward.worker import RewardWorker
@@ -145,7 +152,8 @@ class Workers:
         """A whole trainer group, its process group joined (a DeepSpeed group cannot take a new member)."""
         cfg, t = self.cfg, self.cfg.trainer
         ranks = _create_trainers(cfg, self.model_path, self.gpu,
-                                 guards=[self._guard("trainer", rank) for rank in range(t.num_workers)])
+                                 guards=[self._guard("trainer", rank) for rank in range(t.num_workers)],
+                                 cores=self.cores)
         # rank 0's node hosts the rendezvous; every rank then joins the process group together
         names = [f"trainer[{rank}]" for rank in range(t.num_workers)]
         addr, port = gather(self.stack_dir, [ranks[0].rendezvous_address.remote()], names[:1], "starting",
@@ -234,7 +242,36 @@ def _engine_kwargs(cfg: Config, gpu: _GPUs | None, i: int) -> dict:
     return kwargs
 
 
-def _create_trainers(cfg: Config, model_path: str, gpu: _GPUs | None, guards: list) -> list:
+def plan_cpus(cfg: Config) -> dict[str, list[list[int]]]:
+    """Each rollout worker's and trainer rank's own CPU cores when they run at once on CPU (trainer.async_mode
+    other than sync, no GPUs); {} otherwise (the phases take turns and every actor may use every core). Cores are
+    this driver's (os.sched_getaffinity), split by rollout.threads_per_worker / trainer.threads_per_worker, or
+    in proportion to the actors of each role when those are 0. Fewer cores than actors: an error when the thread
+    counts were set, else a warning and no pinning."""
+    r, t = cfg.rollout, cfg.trainer
+    if t.async_mode == "sync" or r.gpus_per_worker > 0 or t.gpus_per_worker > 0:
+        return {}
+    from rl.cpu import split_cores
+
+    available = sorted(os.sched_getaffinity(0))
+    try:
+        rollout, trainer = split_cores(available, [r.num_workers, t.num_workers],
+                                       [r.threads_per_worker or t.threads_per_worker, t.threads_per_worker])
+    except ValueError as e:
+        if not (r.threads_per_worker or t.threads_per_worker):  # a debug run on a small machine still runs
+            log.warning("trainer.async_mode=%s: %s; the actors share the cores unpinned and will slow each other",
+                        t.async_mode, e)
+            return {}
+        raise ConfigError(f"trainer.async_mode={t.async_mode} runs rollout.num_workers={r.num_workers} rollout "
+                          f"workers and trainer.num_workers={t.num_workers} trainer ranks at once: {e}. Lower "
+                          "rollout.threads_per_worker / trainer.threads_per_worker or the worker counts, or use "
+                          "trainer.async_mode=sync") from None
+    log.info("CPU cores (trainer.async_mode=%s): rollout %s, trainer %s", t.async_mode, rollout, trainer)
+    return {"rollout": rollout, "trainer": trainer}
+
+
+def _create_trainers(cfg: Config, model_path: str, gpu: _GPUs | None, guards: list,
+                     cores: dict[str, list[list[int]]] | None = None) -> list:
     from rl.trainer import TrainerWorker
 
     t = cfg.trainer
@@ -251,7 +288,7 @@ def _create_trainers(cfg: Config, model_path: str, gpu: _GPUs | None, guards: li
             rank, t.num_workers, model_path=model_path, trainer=t, model=cfg.model,
             loss=cfg.algorithm.trainer_loss(), temperature=cfg.rollout.temperature,
             need_ref=cfg.algorithm.needs_reference, threads=_threads(t.threads_per_worker, t.num_workers),
-            seed=t.seed, collective_timeout_s=cfg.faults.trainer_timeout_s, guard=guards[rank])
+            cores=cores["trainer"][rank] if cores else None, seed=t.seed, collective_timeout_s=cfg.faults.trainer_timeout_s, guard=guards[rank])
         for rank in range(t.num_workers)
     ]
     return ranks

@@ -31,6 +31,9 @@ from launch.schema_algorithm import AlgorithmConfig
 from rl.faults import Fault
 from rl.lr_schedule import LR_SCHEDULERS
 
+ASYNC_MODES = ("sync", "one_step_off", "async")
+"""trainer.async_mode values (launch/lookahead.py runs the overlapped ones)."""
+
 
 class ConfigError(ValueError):
     """A user-facing configuration problem; the message names the key and how to fix it."""
@@ -162,6 +165,9 @@ class RolloutConfig:
     colocated; otherwise the Ray object store), `object_store`, `nccl` or `ipc`."""
     sync_timeout_s: float = 600.0
     """Deadline of one weight sync; when it passes the run stops with an error naming the stuck side."""
+    threads_per_worker: int = 0
+    """CPU only: torch threads per rollout worker (0: as trainer.threads_per_worker). With trainer.async_mode other
+    than `sync` the rollout workers and the trainer ranks run at once, so each actor is pinned to its own cores."""
 
     def __post_init__(self) -> None:
         if self.engine not in ("hf", "vllm"):
@@ -341,9 +347,28 @@ class TrainerConfig:
     seed: int = 0
     """Seed for data order, sampling and initialisation."""
     threads_per_worker: int = 0
-    """torch CPU threads per actor (0: split the machine's cores evenly)."""
+    """CPU only: torch threads per trainer rank, and per rollout worker unless rollout.threads_per_worker is set.
+    0: in `sync` mode each role gets the machine's cores split over its workers (the phases take turns); in the
+    overlapped modes the cores are split between the roles in proportion to their workers, disjointly."""
+    async_mode: str = "sync"
+    """How generation and training overlap (docs/architecture.md, "Overlapped training"):
+    `sync`: generate, score, train, sync weights, one after another (every sample on-policy);
+    `one_step_off`: step k+1's samples are generated and scored with the weights step k starts from while step k
+    trains (staleness exactly 1 from step 2 on; deterministic for a seed, resumed exactly);
+    `async`: the rollout workers generate batch after batch, each with the newest weights published, at most
+    trainer.max_staleness versions behind the policy that trains on it.
+    The overlapped modes need algorithm.loss.tis_level (the decoupled objective: the trainer's logprobs are the
+    proximal policy, the engine's the behaviour policy; AReaL, arXiv 2505.24298) and rollout.placement=split."""
+    max_staleness: int = 1
+    """`async` only: the most policy versions a trained sample may lag the trainer (S >= 1); a batch starts
+    generating only once the weights it needs are published."""
 
     def __post_init__(self) -> None:
+        if self.async_mode not in ASYNC_MODES:
+            raise ConfigError(f"trainer.async_mode={self.async_mode!r}: use one of {', '.join(ASYNC_MODES)}")
+        if self.max_staleness < 1:
+            raise ConfigError(f"trainer.max_staleness={self.max_staleness}: must be >= 1 (0 staleness is "
+                              "trainer.async_mode=sync)")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"trainer.zero_stage={self.zero_stage}: use 0, 1, 2 or 3")
         if self.lr_scheduler not in LR_SCHEDULERS:
@@ -500,6 +525,22 @@ class Config:
     """Cluster connection."""
 
     def __post_init__(self) -> None:
+        mode = self.trainer.async_mode
+        if mode != "sync" and self.rollout.placement == "colocated":
+            raise ConfigError(f"trainer.async_mode={mode} overlaps generation with training, but "
+                              "rollout.placement=colocated puts both on the same GPUs and sleeps the engine while "
+                              "the trainer runs: use rollout.placement=split, or trainer.async_mode=sync")
+        loss = self.algorithm.loss
+        if mode != "sync" and (loss.tis_level is None or loss.tis_scope != "all"):
+            raise ConfigError(f"trainer.async_mode={mode} trains on samples a policy version old, which need an "
+                              "off-policy correction: set algorithm.loss.tis_level=token (the truncated IS weight "
+                              "min(π_proximal/π_behaviour, algorithm.loss.tis_cap) on every row, with "
+                              "algorithm.loss.tis_scope=all), or use trainer.async_mode=sync")
+        ds = self.algorithm.dynamic_sampling
+        if mode != "sync" and ds.enable and ds.carry_surplus:
+            raise ConfigError(f"algorithm.dynamic_sampling.carry_surplus=true with trainer.async_mode={mode}: a "
+                              "carried group would be one more version old than the staleness bound allows; set "
+                              "carry_surplus=false (the surplus is discarded, as in DAPO) or trainer.async_mode=sync")
         sampled = self.trainer.eval_k > 0 or self.eval.k > 0
         if self.rollout.engine == "vllm" and sampled and not 0.01 <= self.eval.temperature <= 2.0:
             # as for rollout.temperature: vLLM refuses above 2 and samples greedily below 0.01

@@ -17,6 +17,7 @@ Run it with `python -m launch.train CONFIG [key=value ...]`; tests call `run(cfg
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -30,7 +31,8 @@ import torch
 
 from launch import checkpoint
 from launch.cluster import Workers, check_reachable, connect, create_workers
-from launch.config import Config, save_config
+from launch.config import Config, ConfigError, save_config
+from launch.lookahead import Collected, Lookahead
 from launch.metrics import MetricsLogger
 from launch.prepare import Prepared, prepare, startup_warnings
 from launch.runlock import RunLock
@@ -87,6 +89,13 @@ class Driver:
         self.faults: Counter[str] = Counter(dict.fromkeys(FAULT_METRICS, 0))  # faults/*, this process
         self.step_restarts: Counter[str] = Counter()  # replacements per worker within the current step
         self.synced = False  # the rollout workers hold trained weights (a replacement must load them)
+        self.lookahead: Lookahead | None = None  # the producer thread of an overlapped trainer.async_mode
+        self.published = None  # the PublishedWeights of the newest sync (an overlapped mode starts from them)
+        if cfg.trainer.async_mode != "sync" and workers.transport != "object_store":
+            raise ConfigError(f"trainer.async_mode={cfg.trainer.async_mode} loads weights into the rollout workers "
+                              f"between their batches, which the {workers.transport} transport cannot (it needs "
+                              "both sides in one collective): set rollout.weight_transport=object_store, or "
+                              "trainer.async_mode=sync")
         self._initial_state()
         self.start_step = self._maybe_resume()
         self.logger = MetricsLogger(self.out, total_steps=cfg.trainer.total_steps, config=asdict(cfg),
@@ -107,6 +116,7 @@ class Driver:
         self.generated_tokens = 0  # every sampled response token of the run (all rounds, eval excluded)
         self.failed_reward_steps = 0  # consecutive steps in which every sample failed its reward
         self.kl_probe: dict | None = None  # step 1's answers and their starting-policy logprobs (trainer.kl_probe)
+        self.pending: list[Collected] = []  # overlapped modes: batches generated ahead, restored from a checkpoint
 
     # -- the loop --------------------------------------------------------------------------
     def train(self) -> None:
@@ -129,6 +139,17 @@ class Driver:
                 lost = e
 
     def _steps(self) -> None:
+        if self.cfg.trainer.async_mode != "sync":
+            self.lookahead = self._start_lookahead()
+        try:
+            self._run_steps()
+        finally:
+            if self.lookahead is not None:
+                f = self.cfg.faults
+                self.lookahead.stop(f.rollout_timeout_s + f.reward_timeout_s)
+                self.lookahead = None
+
+    def _run_steps(self) -> None:
         t, alg = self.cfg.trainer, self.cfg.algorithm
         for step in range(self.step + 1, t.total_steps + 1):
             if self.budget_spent():  # resumed from the checkpoint that spent it
@@ -136,7 +157,8 @@ class Driver:
             self.step = step
             self.step_restarts.clear()
             t0 = time.perf_counter()
-            samples, timing, metrics = self.collect()  # steps 1-4 (rewards scored and shaped, groups filtered)
+            samples, timing, metrics = self._next_batch(step)  # steps 1-4 (rewards scored and shaped, groups filtered)
+            metrics.update(steps.staleness_metrics(samples, self.version))
             self._check_rewards(samples)
             metrics.update(self.kl_in_reward(samples))  # step 5
             metrics.update(steps.assign_advantages(samples, alg))
@@ -151,7 +173,12 @@ class Driver:
             metrics.update(steps.train_metrics(self.train_on(batch), batch))  # step 6
             metrics.update(self.kl_to_start())
             t_sync = time.perf_counter()
-            self.sync_weights(step)  # step 7
+            if self.lookahead is None:
+                self.sync_weights(step)  # step 7
+            else:  # the producer loads them before the next batch that may use them
+                self.published = self.trainer_call("publish_weights", "gathering weights")[0]
+                self.version = step
+                self.lookahead.publish(step, self.published)
             timing.update({"perf/train_s": t_sync - t_train, "perf/sync_s": time.perf_counter() - t_sync})
 
             tokens = timing.pop("perf/generated_tokens")  # step 8
@@ -159,9 +186,12 @@ class Driver:
             last = step == t.total_steps or self.budget_spent()
             if self.prep.eval_rows and (last or (t.eval_every and step % t.eval_every == 0)):
                 t_eval = time.perf_counter()
-                metrics.update(self.evaluate())
+                with self._rollout_idle():
+                    if self.lookahead is not None:
+                        self.lookahead.load_latest()  # the policy this step trained
+                    metrics.update(self.evaluate())
                 timing["perf/eval_s"] = time.perf_counter() - t_eval
-            timing.update(self.rollout_memory())
+            timing.update(self.rollout_memory() if self.lookahead is None else self.lookahead.rollout_memory)
             step_time = time.perf_counter() - t0
             metrics.update(timing, **{"perf/step_time_s": step_time, "perf/tokens_per_s": tokens / step_time,
                                       "perf/generated_tokens": tokens,
@@ -190,6 +220,35 @@ class Driver:
                 f"stopping at step {self.step} without writing final/. The errors are in "
                 f"{self.out / 'quarantine.jsonl'}; fix the reward function or its inputs and rerun the same command "
                 f"to resume from the newest checkpoint")
+
+    def _next_batch(self, step: int) -> Collected:
+        """Step `step`'s samples: generated now (sync), or taken from the producer thread, with the seconds the
+        trainer waited for them (perf/wait_rollout_s)."""
+        if self.lookahead is None:  # (batches an overlapped run generated ahead train first after a resume)
+            return self.pending.pop(0) if self.pending else self.collect()
+        t0 = time.perf_counter()
+        samples, timing, metrics = self.lookahead.take(step)
+        timing["perf/wait_rollout_s"] = time.perf_counter() - t0
+        return samples, timing, metrics
+
+    def _start_lookahead(self) -> Lookahead:
+        t = self.cfg.trainer
+        one_step_off = t.async_mode == "one_step_off"
+        ready, self.pending = self.pending, []
+        return Lookahead(collect=lambda batch: self.collect(), load=self._load_rollout, memory=self.rollout_memory,
+                         next_batch=self.step + 1 + len(ready), last_batch=t.total_steps,
+                         max_staleness=1 if one_step_off else t.max_staleness, exact=one_step_off,
+                         rollout_version=self.version if self.synced else 0,
+                         published={self.version: self.published} if self.synced and self.published else {},
+                         ready=ready).start()
+
+    def _load_rollout(self, version: int, published) -> None:
+        self._on_rollout(lambda w: w.update_weights.remote(published, version), "loading weights")
+        self.synced = True
+
+    def _rollout_idle(self):
+        """A context in which no batch is being generated (an overlapped mode's producer waits)."""
+        return self.lookahead.exclusive() if self.lookahead is not None else contextlib.nullcontext()
 
     def budget_spent(self) -> bool:
         budget = self.cfg.trainer.max_generated_tokens
@@ -323,9 +382,14 @@ class Driver:
         actors[index] = new = self.w.new_rollout(index) if role == "rollout" else self.w.new_reward(index)
         self.w.ping(role, [new], [index])
         if role == "rollout" and self.synced:
-            published = self.trainer_call("publish_weights", "gathering weights for a new rollout worker")[0]
-            gather(self.w.stack_dir, [new.update_weights.remote(published, self.version)], [name],
-                   "loading weights", self.cfg.faults.rollout_timeout_s)
+            if self.lookahead is None:
+                version = self.version
+                published = self.trainer_call("publish_weights", "gathering weights for a new rollout worker")[0]
+            else:  # the trainer may be a version ahead: the others hold the producer's
+                version, published = self.lookahead.rollout_weights()
+            if published is not None:
+                gather(self.w.stack_dir, [new.update_weights.remote(published, version)], [name],
+                       "loading weights", self.cfg.faults.rollout_timeout_s)
         self.faults[f"{role}_restarts"] += 1
         self.faults["recovery_s"] += time.perf_counter() - t0
 
@@ -410,13 +474,16 @@ class Driver:
     def train_on(self, batch: list[Sample]) -> list[TrainResult]:
         """One step's updates on every trainer rank (each takes its shard of every mini-batch)."""
         t = self.cfg.trainer
-        self._on_rollout(lambda w: w.sleep.remote(), "freeing the GPUs for training")  # colocated
+        if self.lookahead is None:  # (an overlapped mode needs split placement: nothing to free)
+            self._on_rollout(lambda w: w.sleep.remote(), "freeing the GPUs for training")  # colocated
         return self.trainer_call("train_step", "training", ray.put(batch), t.mini_batches, t.epochs)
 
     # -- step 7: weights -------------------------------------------------------------------------
     def sync_weights(self, version: int) -> None:
         published = self.trainer_call("publish_weights", "gathering weights")[0]  # rank 0's holds any buckets
         self.version, self.synced = version, True
+        if self.cfg.trainer.async_mode != "sync":  # the producer starts from them (a new worker may need them)
+            self.published = published
         self._on_rollout(lambda w: w.update_weights.remote(published, version), "loading weights")
 
     def rollout_memory(self) -> dict[str, float]:
@@ -462,7 +529,8 @@ class Driver:
                 "iterator": self.iterator.state_dict(), "rng": self.rng.getstate(),
                 "sampler": self.sampler.state_dict() if self.sampler is not None else None,
                 "replay": self.replay.state_dict() if self.replay is not None else None,
-                "replay_rng": rng_state(self.replay_rng), "kl_probe": self.kl_probe}
+                "replay_rng": rng_state(self.replay_rng), "kl_probe": self.kl_probe,
+                "pending": [list(c) for c in (self.lookahead.pending() if self.lookahead else self.pending)]}
 
     def save_checkpoint(self, step: int) -> None:
         def save_trainer(directory: str, tag: str) -> None:
@@ -471,8 +539,9 @@ class Driver:
         def save_hf(directory: str) -> None:
             self.trainer_call("save_hf", "writing a checkpoint's hf/", directory)
 
-        checkpoint.save(self.out, step, self.driver_state(), save_trainer, self.cfg.trainer.keep_last,
-                        save_hf if self.cfg.trainer.checkpoint_hf else None)
+        with self._rollout_idle():  # the driver state then matches the batches generated ahead
+            checkpoint.save(self.out, step, self.driver_state(), save_trainer, self.cfg.trainer.keep_last,
+                            save_hf if self.cfg.trainer.checkpoint_hf else None)
 
     def _maybe_resume(self) -> int:
         resume = self.cfg.trainer.resume
@@ -502,6 +571,7 @@ class Driver:
         if "replay_rng" in state:
             set_rng_state(self.replay_rng, state["replay_rng"])
         self.kl_probe = state.get("kl_probe")
+        self.pending = [(s, t, m) for s, t, m in state.get("pending", [])]
 
     def save_final(self) -> None:
         self.trainer_call("save_hf", "writing final/", str(self.out / "final"))

@@ -107,6 +107,16 @@ def rollout_metrics(samples: list[Sample]) -> dict[str, float]:
     return m
 
 
+def staleness_metrics(samples: list[Sample], version: int) -> dict[str, float]:
+    """rollout/staleness_{mean,max}: how many policy versions the step's fresh samples lag the policy that trains
+    on them (`version`, the trainer's before this step's update); 0 in sync mode, 1 in one_step_off from step 2,
+    up to trainer.max_staleness in async. Replayed samples are counted by the replay metrics instead."""
+    if not samples:
+        return {}
+    lag = [version - s.policy_version for s in samples]
+    return {"rollout/staleness_mean": sum(lag) / len(lag), "rollout/staleness_max": float(max(lag))}
+
+
 def assign_advantages(samples: list[Sample], alg: AlgorithmConfig) -> dict[str, float]:
     """Every sample's advantage: estimator `alg.advantage.name` over the scored samples, None for the rest (and
     for truncated ones under overlong filtering). Returns actor/zero_adv_group_frac, actor/advantage_abs_mean."""

@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from rl.batch import MicroBatch, collate, collate_shared, split_by_token_budget, split_shared
+from rl.cpu import use_cpus
 from rl.faults import Guard, GuardSpec, guarded
 from rl import precision
 from rl.loss_config import LossConfig
@@ -57,9 +58,9 @@ TIMED_PHASES = ("old_logprobs", "ref_logprobs", "forward", "backward", "optimize
 class TrainerWorker:
     def __init__(self, rank: int, world_size: int, *, model_path: str, trainer: TrainerConfig, model: ModelConfig,
                  loss: LossConfig, temperature: float, need_ref: bool, threads: int, seed: int,
-                 collective_timeout_s: float = 3600.0, guard: GuardSpec | None = None):
-        if threads > 0:
-            torch.set_num_threads(threads)
+                 cores: list[int] | None = None, collective_timeout_s: float = 3600.0,
+                 guard: GuardSpec | None = None):
+        use_cpus(threads, cores)
         self.rank, self.world_size = rank, world_size
         self.guard = Guard(guard)
         self.collective_timeout_s = collective_timeout_s

@@ -12,8 +12,8 @@ import importlib
 from typing import Any
 
 import ray
-import torch
 
+from rl.cpu import use_cpus
 from rl.faults import Guard, GuardSpec, guarded
 from rl.memory import process_memory_mb, release_free_memory
 from rl.types import PromptRequest, Sample
@@ -32,10 +32,9 @@ def make_engine(name: str, model_path: str, **kwargs: Any) -> RolloutEngine:
 
 class RolloutWorker:
     def __init__(self, engine: str, model_path: str, *, engine_kwargs: dict, threads: int = 0,
-                 guard: GuardSpec | None = None):
+                 cores: list[int] | None = None, guard: GuardSpec | None = None):
         self.guard = Guard(guard)
-        if threads > 0:
-            torch.set_num_threads(threads)
+        use_cpus(threads, cores)
         self.engine = make_engine(engine, model_path, **engine_kwargs)
         self.tokenizer = self.engine.tokenizer
         self.version = 0
