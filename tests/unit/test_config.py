@@ -207,3 +207,25 @@ def test_eval_temperature_outside_vllms_range_is_refused_only_for_vllm():
     with pytest.raises(ConfigError, match=r"eval.temperature=3.0: with rollout.engine=vllm it must lie in \[0.01, 2\]"):
         load_config(None, [*vllm, "eval.temperature=3"])
     assert load_config(None, ["eval.temperature=3"]).eval.temperature == 3.0  # the hf engine takes any
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["trainer.async_mode=overlap"], r"trainer.async_mode='overlap': use one of sync, one_step_off, async"),
+    (["trainer.async_mode=async", "trainer.max_staleness=0"], r"trainer.max_staleness=0: must be >= 1"),
+    (["trainer.async_mode=one_step_off"], r"need an off-policy correction: set algorithm.loss.tis_level=token"),
+    (["trainer.async_mode=async", "algorithm.loss.tis_level=token", "algorithm.loss.tis_scope=replayed",
+      "algorithm.replay.enable=true"],
+     r"algorithm.loss.tis_scope=all"),
+    (["trainer.async_mode=one_step_off", "algorithm.loss.tis_level=token", "rollout.placement=colocated"],
+     r"rollout.placement=colocated puts both on the same GPUs"),
+    (["trainer.async_mode=one_step_off", "algorithm.loss.tis_level=token", "algorithm.dynamic_sampling.enable=true",
+      "algorithm.dynamic_sampling.carry_surplus=true"], r"carry_surplus=true with trainer.async_mode=one_step_off"),
+])
+def test_overlapped_modes_refuse_settings_they_cannot_honour(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+def test_overlapped_mode_with_its_correction_loads():
+    cfg = load_config(None, ["trainer.async_mode=async", "trainer.max_staleness=2", "algorithm.loss.tis_level=token"])
+    assert (cfg.trainer.async_mode, cfg.trainer.max_staleness, cfg.algorithm.loss.tis_scope) == ("async", 2, "all")
