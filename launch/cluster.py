@@ -187,7 +187,8 @@ def create_workers(cfg: Config, model_path: str, output_dir: str) -> Workers:
     if r.placement == "colocated":  # vLLM sizes its KV cache from free GPU memory: start it before the trainer
         w.ping("rollout", w.rollout)
     w.reward = [w.new_reward(k) for k in range(cfg.reward.num_workers)]
-    w.transport = choose_transport(r.weight_transport, engine=r.engine, placement=r.placement,
+    requested = "object_store" if t.async_mode != "sync" and r.weight_transport == "auto" else r.weight_transport
+    w.transport = choose_transport(requested, engine=r.engine, placement=r.placement,
                                    on_gpu=r.gpus_per_worker > 0 and t.gpus_per_worker > 0)
     w.trainer = w.new_trainers()
     for role in ("rollout", "reward", "trainer"):

@@ -162,7 +162,8 @@ class RolloutConfig:
     room for the trainer, e.g. 0.4)."""
     weight_transport: str = "auto"
     """How new weights reach the rollout workers: `auto` (vLLM on GPUs: NCCL when split, CUDA IPC when
-    colocated; otherwise the Ray object store), `object_store`, `nccl` or `ipc`."""
+    colocated; otherwise, and in the overlapped trainer.async_mode values, the Ray object store),
+    `object_store`, `nccl` or `ipc`."""
     sync_timeout_s: float = 600.0
     """Deadline of one weight sync; when it passes the run stops with an error naming the stuck side."""
     threads_per_worker: int = 0
@@ -530,6 +531,11 @@ class Config:
             raise ConfigError(f"trainer.async_mode={mode} overlaps generation with training, but "
                               "rollout.placement=colocated puts both on the same GPUs and sleeps the engine while "
                               "the trainer runs: use rollout.placement=split, or trainer.async_mode=sync")
+        if mode != "sync" and self.rollout.weight_transport in ("nccl", "ipc"):
+            raise ConfigError(f"trainer.async_mode={mode} loads weights into the rollout workers between their "
+                              f"batches, which rollout.weight_transport={self.rollout.weight_transport} cannot (it "
+                              "needs both sides in one collective): use rollout.weight_transport=object_store (or "
+                              "auto, which picks it in the overlapped modes), or trainer.async_mode=sync")
         loss = self.algorithm.loss
         if mode != "sync" and (loss.tis_level is None or loss.tis_scope != "all"):
             raise ConfigError(f"trainer.async_mode={mode} trains on samples a policy version old, which need an "

@@ -218,6 +218,8 @@ def test_eval_temperature_outside_vllms_range_is_refused_only_for_vllm():
      r"algorithm.loss.tis_scope=all"),
     (["trainer.async_mode=one_step_off", "algorithm.loss.tis_level=token", "rollout.placement=colocated"],
      r"rollout.placement=colocated puts both on the same GPUs"),
+    (["trainer.async_mode=async", "algorithm.loss.tis_level=token", "rollout.weight_transport=nccl"],
+     r"use rollout.weight_transport=object_store"),
     (["trainer.async_mode=one_step_off", "algorithm.loss.tis_level=token", "algorithm.dynamic_sampling.enable=true",
       "algorithm.dynamic_sampling.carry_surplus=true"], r"carry_surplus=true with trainer.async_mode=one_step_off"),
 ])
