@@ -166,6 +166,12 @@ class RolloutConfig:
     `object_store`, `nccl` or `ipc`."""
     sync_timeout_s: float = 600.0
     """Deadline of one weight sync; when it passes the run stops with an error naming the stuck side."""
+    stream_samples: int = 0
+    """Streamed scoring: each worker generates its share in calls of about this many samples (whole groups: at least
+    one prompt, stream_samples // n prompts), and each call's samples go to the reward workers as soon as it returns
+    while the worker generates the next, so a slow reward overlaps generation even with one rollout worker.
+    0: one call per worker (its samples are scored once all of them are generated). Smaller calls batch fewer
+    sequences: worth it when scoring takes about as long as generating or longer."""
     threads_per_worker: int = 0
     """CPU only: torch threads per rollout worker (0: as trainer.threads_per_worker). With trainer.async_mode other
     than `sync` the rollout workers and the trainer ranks run at once, so each actor is pinned to its own cores."""
@@ -179,6 +185,9 @@ class RolloutConfig:
             raise ConfigError(f"rollout.weight_transport={self.weight_transport!r}: use auto, object_store, nccl or ipc")
         if not 0.0 < self.gpu_memory_utilization < 1.0:
             raise ConfigError(f"rollout.gpu_memory_utilization={self.gpu_memory_utilization}: must be in (0, 1)")
+        if self.stream_samples < 0:
+            raise ConfigError(f"rollout.stream_samples={self.stream_samples}: use 0 (one generate call per worker) "
+                              "or the number of samples per call (>= 1)")
         if self.sync_timeout_s <= 0:
             raise ConfigError(f"rollout.sync_timeout_s={self.sync_timeout_s}: must be > 0")
         if self.engine == "vllm" and self.gpus_per_worker < 1:

@@ -302,63 +302,66 @@ class Driver:
 
     def _generate_and_score(self, requests: list[PromptRequest], params: SamplingParams, timing: dict | None = None,
                             t0: float = 0.0) -> list[Sample]:
-        """Generate on the rollout workers; each worker's samples go to the reward workers as soon as
-        that worker finishes, so scoring overlaps the generation still running elsewhere.
+        """Generate on the rollout workers; each generate call's samples go to the reward workers as soon as it
+        returns, so scoring overlaps the generation still running. A worker's shard is one call, or with
+        rollout.stream_samples several, queued on it back to back (a worker runs one call at a time).
 
-        A worker that dies or overruns its deadline is replaced and its shard generated (same seed) or scored
+        A worker that dies or overruns its deadline is replaced and its calls generated (same seeds) or scored
         again, so the step's samples are the same as without the fault (the engine being deterministic)."""
         R, K, f = len(self.w.rollout), len(self.w.reward), self.cfg.faults
-        shards = [requests[i::R] for i in range(R)]
+        pieces = generate_calls(requests, params, R, self.cfg.rollout.stream_samples)
         calls = Calls(self.w.stack_dir)
 
-        def generate(i: int) -> None:
-            shard_params = replace(params, seed=None if params.seed is None else params.seed + i)
+        def generate(j: int) -> None:
+            i, reqs, piece_params = pieces[j]
             w = self.w.rollout[i]
-            calls.add(w.generate.remote(shards[i], shard_params), f"rollout[{i}]",
-                      f"generating {len(shards[i])} prompts of step {self.step}", f.rollout_timeout_s, ("rollout", i, 0, w))
+            calls.add(w.generate.remote(reqs, piece_params), f"rollout[{i}]",
+                      f"generating {len(reqs)} prompts of step {self.step}", f.rollout_timeout_s, ("rollout", j, 0, w))
 
-        def score(i: int, k: int) -> None:
+        def score(j: int, k: int) -> None:
             w = self.w.reward[k]
-            calls.add(w.score.remote(rows[i][k::K]), f"reward[{k}]",
-                      f"scoring {len(rows[i][k::K])} samples of step {self.step}", f.reward_timeout_s, ("reward", i, k, w))
+            calls.add(w.score.remote(rows[j][k::K]), f"reward[{k}]",
+                      f"scoring {len(rows[j][k::K])} samples of step {self.step}", f.reward_timeout_s, ("reward", j, k, w))
 
         parts: dict[int, list[Sample]] = {}
         rows: dict[int, list[dict]] = {}
         scores: dict[tuple[int, int], list] = {}
-        for i in range(R):
-            if shards[i]:
-                generate(i)
+        for j in range(len(pieces)):
+            generate(j)
         generated_at = None
         while calls:
-            (role, i, k, worker), value = calls.next()
+            (role, j, k, worker), value = calls.next()
             if isinstance(value, ActorFailure):
-                index = i if role == "rollout" else k
+                index = pieces[j][0] if role == "rollout" else k
                 if getattr(self.w, role)[index] is worker:  # not yet replaced for an earlier call of the same actor
                     self._replace_worker(role, index, value)
                 if role == "rollout":
-                    generate(i)
+                    generate(j)
                 else:
-                    score(i, k)
+                    score(j, k)
                 continue
             if role == "rollout":
-                parts[i] = value
-                rows[i] = [steps.reward_row(s) for s in value]
+                parts[j] = value
+                rows[j] = [steps.reward_row(s) for s in value]
                 for kk in range(K):
-                    score(i, kk)
-                if len(parts) == len([sh for sh in shards if sh]):
+                    if rows[j][kk::K]:
+                        score(j, kk)
+                    else:
+                        scores[j, kk] = []
+                if len(parts) == len(pieces):
                     generated_at = time.perf_counter()
             else:
-                scores[i, k] = value
+                scores[j, k] = value
         if timing is not None:
             timing["perf/generate_s"] += (generated_at or time.perf_counter()) - t0
             timing["perf/reward_s"] += time.perf_counter() - (generated_at or time.perf_counter())
         samples = []
         mask, names, acc_fn = self.cfg.algorithm.mask_reward_errors, self.prep.reward_names, self.cfg.reward.accuracy_fn
-        for i in sorted(parts):  # shard order, not completion order: runs stay reproducible
+        for j in range(len(pieces)):  # call order, not completion order: runs stay reproducible
             for k in range(K):
-                for s, res in zip(parts[i][k::K], scores[i, k]):
+                for s, res in zip(parts[j][k::K], scores[j, k]):
                     steps.apply_reward(s, res, mask_errors=mask, reward_names=names, accuracy_fn=acc_fn)
-            samples += parts[i]
+            samples += parts[j]
         return samples
 
     # -- faults: replacing workers, rebuilding the trainer group ------------------------------------
@@ -587,6 +590,24 @@ def _kill(actor) -> None:
         ray.kill(actor, no_restart=True)
     except Exception as e:  # noqa: BLE001 - killing is best effort: the replacement does not depend on it
         log.debug("could not kill an actor being replaced: %s", e)
+
+
+def generate_calls(requests: list[PromptRequest], params: SamplingParams, workers: int,
+                   stream_samples: int = 0) -> list[tuple[int, list[PromptRequest], SamplingParams]]:
+    """The generate calls of one round, in the order their samples are kept: (worker, requests, params).
+
+    Worker i takes requests i, i+R, ... (R workers); with stream_samples its share is cut into calls of
+    max(1, stream_samples // n) requests (whole groups). Call c of worker i samples with seed + i + R·c, so the
+    unstreamed call (c = 0) keeps the seed it always had and no two calls share one."""
+    per_call = max(1, stream_samples // params.n) if stream_samples else None
+    calls = []
+    for i in range(workers):
+        shard = requests[i::workers]
+        size = per_call or max(1, len(shard))
+        for c, start in enumerate(range(0, len(shard), size)):
+            seed = None if params.seed is None else params.seed + i + workers * c
+            calls.append((i, shard[start:start + size], replace(params, seed=seed)))
+    return calls
 
 
 def prompt_requests(rows: list[dict], ids: Sequence[int], group_ids: Sequence[int]) -> list[PromptRequest]:

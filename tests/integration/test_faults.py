@@ -104,6 +104,24 @@ def test_hung_workers_are_stopped_at_their_deadline_with_their_stacks(ray_cluste
     assert warnings.count('in _inject') >= 2, warnings
 
 
+STREAMED = ("trainer.total_steps=2", "trainer.save_every=0", "trainer.eval_every=0", "data.eval=null",
+            "rollout.stream_samples=4")  # one prompt (a group of 4) per generate call: 4 calls a step
+
+
+def test_streamed_scoring_loses_nothing_when_workers_die_between_the_calls_of_a_step(ray_cluster, tmp_path):
+    """rollout.stream_samples queues a step's generate calls on one worker and scores each as it returns: the
+    worker killed at its second call of step 1 (two more queued behind it) and a reward worker killed at its third
+    scoring call are replaced within step 1, and the run is the uninterrupted streamed run's."""
+    from launch.loop import run
+
+    run(debug_config(tmp_path / "plain", *STREAMED))
+    run(debug_config(tmp_path / "killed", *STREAMED, "faults.inject=[rollout:0:generate:2:kill,reward:0:score:3:kill]"))
+    _same_run(tmp_path / "killed", (_learning(_rows(tmp_path / "plain")), _weights(tmp_path / "plain")))
+    step1 = next(r for r in _rows(tmp_path / "killed") if r["step"] == 1)
+    # both within step 1: without streaming, step 1 is generate call 1 and score call 1 only
+    assert (step1["faults/rollout_restarts"], step1["faults/reward_restarts"]) == (1, 1)
+
+
 def test_a_worker_that_keeps_dying_stops_the_run_naming_it(ray_cluster, tmp_path):
     from launch.loop import run
 
