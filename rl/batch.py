@@ -22,7 +22,8 @@ class MicroBatch:
     attention_mask: torch.Tensor  # (b, L)
     position_ids: torch.Tensor  # (b, L)
     token_index: torch.Tensor  # (n,) flat positions in (b*(L)) whose next token is a trained response token
-    targets: torch.Tensor  # (n,) the response token ids predicted at those positions
+    targets: torch.Tensor  # (n,) the response token ids predicted at those positions (Sample.response_mask: the
+    # sampled ones; a tool's output tokens are inputs only)
     seq_index: torch.Tensor  # (n,) which row of the micro-batch each packed token belongs to
     advantages: torch.Tensor  # (n,) per-token advantage (the sample's scalar, broadcast)
     rollout_logprobs: torch.Tensor  # (n,) behaviour-policy logprobs from the engine
@@ -86,16 +87,17 @@ def collate(samples: list[Sample], ids: list[int], pad_id: int, loss_mask: list[
         s = samples[i]
         input_ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
         attention_mask[row, :len(seq)] = 1
-        if not loss_mask[i] or not s.response_ids:
+        trained = s.trained_positions() if loss_mask[i] else []
+        if not trained:
             continue
         num_seqs += 1
-        p, r = len(s.prompt_ids), len(s.response_ids)
-        # position c predicts token c+1; response token k sits at column p+k
-        token_index += [row * width + c for c in range(p - 1, p + r - 1)]
-        targets += s.response_ids
+        p, r = len(s.prompt_ids), len(trained)
+        # position c predicts token c+1; response token k sits at column p+k (tool tokens: context only)
+        token_index += [row * width + p - 1 + k for k in trained]
+        targets += [s.response_ids[k] for k in trained]
         seq_index += [row] * r
         adv += [0.0 if s.advantage is None else float(s.advantage)] * r  # None: a logprob-only pass
-        rollout_lp += s.rollout_logprobs
+        rollout_lp += [s.rollout_logprobs[k] for k in trained]
         is_w += [float(s.is_weight)] * r
         replayed += [bool(s.replayed)] * r
         if old_logprobs is not None:
@@ -184,18 +186,20 @@ def collate_shared(samples: list[Sample], rows: list[list[int]], pad_id: int, lo
                 input_ids[row_no, start:start + r] = torch.tensor(s.response_ids, dtype=torch.long)
                 segment_ids[row_no, start:start + r] = k
                 position_ids[row_no, start:start + r] = torch.arange(p, p + r)
-            if loss_mask[i] and r:
+            trained = s.trained_positions() if loss_mask[i] else []
+            if trained:
+                n = len(trained)
                 num_seqs += 1
                 base = row_no * width
                 # the first response token is predicted by the prompt's last position (shared by the row),
                 # token j > 0 by the response's own token j-1
-                token_index += [base + p - 1] + [base + start + j - 1 for j in range(1, r)]
-                targets += s.response_ids
-                seq_index += [len(sample_ids) - 1] * r
-                adv += [0.0 if s.advantage is None else float(s.advantage)] * r
-                rollout_lp += s.rollout_logprobs
-                is_w += [float(s.is_weight)] * r
-                replayed += [bool(s.replayed)] * r
+                token_index += [base + p - 1 if j == 0 else base + start + j - 1 for j in trained]
+                targets += [s.response_ids[j] for j in trained]
+                seq_index += [len(sample_ids) - 1] * n
+                adv += [0.0 if s.advantage is None else float(s.advantage)] * n
+                rollout_lp += [s.rollout_logprobs[j] for j in trained]
+                is_w += [float(s.is_weight)] * n
+                replayed += [bool(s.replayed)] * n
                 if old_logprobs is not None:
                     old_lp += old_logprobs[i]
             start += r

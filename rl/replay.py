@@ -120,7 +120,7 @@ class ReplayBuffer:
         return len(admitted)
 
     def _rejection(self, s: Sample) -> str | None:
-        if not s.response_ids:
+        if not s.num_trained_tokens:
             return "empty_response"  # a zero-length row trains no token
         if s.reward_status != "ok":
             return "reward_error"  # its reward is not a measurement

@@ -172,7 +172,7 @@ class TrainerWorker:
         """One step's updates. Returns per-micro-batch metric records (for the driver to aggregate), the lr,
         grad norms, the number of this rank's samples skipped for a zero advantage, and `parity`: sums of
         the trainer-vs-engine logprob gap over this rank's trained tokens (rl.policy.parity_sums)."""
-        counted = [s.advantage is not None and s.reward_status == "ok" and bool(s.response_ids) for s in samples]
+        counted = [s.advantage is not None and s.reward_status == "ok" and s.num_trained_tokens > 0 for s in samples]
         # A sample with advantage 0 adds exactly 0 to the loss and its gradient when no KL or entropy term is
         # on (its per-token term is -0·ratio whatever the ratio, clip or TIS weight). Its tokens still count in
         # the global token/sequence totals, so the normalisation is unchanged; it just skips forward/backward.
@@ -228,7 +228,7 @@ class TrainerWorker:
         # moments and weight decay still move), exactly as if the zero-advantage samples had been run
         mbs = self._micro_batches(samples, shard, trained, old, min_count=1)
         local = [i for i in shard if counted[i]]
-        counts = torch.tensor([sum(len(samples[i].response_ids) for i in local), len(local)], dtype=torch.float64)
+        counts = torch.tensor([sum(samples[i].num_trained_tokens for i in local), len(local)], dtype=torch.float64)
         dist.all_reduce(counts)  # global token / sequence counts of the mini-batch, before any backward
         n_tok, n_seq = max(float(counts[0]), 1.0), max(float(counts[1]), 1.0)
         records = []
@@ -266,7 +266,7 @@ class TrainerWorker:
                     _add_parity(parity, parity_sums(lp, mb.rollout_logprobs, mb.replayed))
                 lp, pos = lp.cpu(), 0
                 for i in mb.sample_ids:
-                    n = len(samples[i].response_ids) if loss_mask[i] and samples[i].response_ids else 0
+                    n = samples[i].num_trained_tokens if loss_mask[i] else 0
                     cur[i] = lp[pos:pos + n].tolist()
                     if rp is not None:
                         ref[i] = rp[pos:pos + n].cpu().tolist()
@@ -279,7 +279,7 @@ class TrainerWorker:
         from rl.losses import kl_penalty
 
         shard = list(range(len(samples)))[self.rank::self.world_size]
-        mask = [bool(s.response_ids) for s in samples]
+        mask = [s.num_trained_tokens > 0 for s in samples]
         cur, ref = self._per_sample_logprobs(samples, [shard], mask, with_ref=True)
         out = {}
         for i in shard:

@@ -60,6 +60,11 @@ class Sample:
     """Detached weight on every token of this sample's loss: the PER correction of a replayed sample, else 1."""
     fields: dict[str, Any] = field(default_factory=dict)
     """The dataset row (answer, data_source, ...) passed to reward functions by column name."""
+    response_mask: list[bool] | None = None
+    """The loss mask, one flag per response token: True for a token the policy sampled (it trains, and its
+    rollout logprob is the behaviour policy's), False for one it did not (a tool's output appended in a
+    multi-turn rollout: context for the later tokens, never a loss term, never counted in the token-mean; its
+    rollout logprob is a placeholder). None: every response token was sampled."""
 
     def __post_init__(self) -> None:
         if len(self.rollout_logprobs) != len(self.response_ids):
@@ -67,6 +72,20 @@ class Sample:
                 f"Sample(prompt_id={self.prompt_id}): {len(self.rollout_logprobs)} rollout logprobs for "
                 f"{len(self.response_ids)} response tokens; the engine must return one logprob per token"
             )
+        if self.response_mask is not None and len(self.response_mask) != len(self.response_ids):
+            raise ValueError(f"Sample(prompt_id={self.prompt_id}): a response_mask of {len(self.response_mask)} "
+                             f"flags for {len(self.response_ids)} response tokens; it needs one per token")
+
+    def trained_positions(self) -> list[int]:
+        """Indices of the response tokens that carry a loss term (all of them without a response_mask)."""
+        if self.response_mask is None:
+            return list(range(len(self.response_ids)))
+        return [k for k, m in enumerate(self.response_mask) if m]
+
+    @property
+    def num_trained_tokens(self) -> int:
+        """Response tokens the policy sampled: what the token-mean counts."""
+        return len(self.response_ids) if self.response_mask is None else sum(map(bool, self.response_mask))
 
     @property
     def truncated(self) -> bool:
