@@ -1,0 +1,135 @@
+"""Tool specs (rollout/tools.py): resolution and signature checks at start-up, the two call formats, and the
+calculator built-in."""
+
+from __future__ import annotations
+
+import pytest
+
+from rollout.tools import ToolCallError, ToolSpecError, calculator, parse_call, resolve_tools, stop_strings
+
+TOOLS_FILE = '''
+def lookup(city: str, year: int = 2024) -> str:
+    """Population of a city in a year.
+
+    Longer text the schema leaves out."""
+    return f"{city}:{year}"
+
+
+def untyped(city):
+    """No annotation."""
+    return city
+
+
+def nodoc(city: str) -> str:
+    return city
+
+
+def listy(cities: list) -> str:
+    """A list argument."""
+    return ""
+
+
+def star(**kw) -> str:
+    """Anything."""
+    return ""
+
+
+def returns_int(x: int) -> int:
+    """Not a string."""
+    return x
+'''
+
+
+@pytest.fixture
+def tools_file(tmp_path):
+    path = tmp_path / "my_tools.py"
+    path.write_text(TOOLS_FILE)
+    return path
+
+
+def test_a_file_tool_resolves_with_its_schema(tools_file):
+    (tool,) = resolve_tools([f"{tools_file}:lookup"])
+    assert tool.schema() == {"type": "function", "function": {
+        "name": "lookup", "description": "Population of a city in a year.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "year": {"type": "integer"}},
+                       "required": ["city"]}}}
+    assert tool.fn(**tool.bind({"city": "Oslo", "year": "1990"})) == "Oslo:1990"
+
+
+@pytest.mark.parametrize("fn, words", [
+    ("untyped", "argument 'city' of untyped has no annotation; annotate it as str, int, float or bool"),
+    ("nodoc", "nodoc has no docstring"),
+    ("listy", "argument 'cities' of listy has <class 'list'>"),
+    ("star", "star takes **kw"),
+    ("returns_int", "returns_int is annotated to return <class 'int'>"),
+    ("lokup", "did you mean 'lookup'"),
+])
+def test_bad_tools_are_refused_naming_the_spec_and_the_fix(tools_file, fn, words):
+    with pytest.raises(ToolSpecError) as e:
+        resolve_tools([f"{tools_file}:{fn}"])
+    assert words in str(e.value) and f"{tools_file}:{fn}" in str(e.value)
+
+
+def test_unknown_builtins_and_duplicate_names_are_refused(tools_file):
+    with pytest.raises(ToolSpecError, match="'calculater': not a built-in \\(calculator\\)"):
+        resolve_tools(["calculater"])
+    with pytest.raises(ToolSpecError, match="both named 'calculator'"):
+        resolve_tools(["calculator", "rollout.tools:calculator"])
+
+
+def test_json_format_finds_the_first_call_and_binds_its_arguments(tools_file):
+    tools = resolve_tools(["calculator", f"{tools_file}:lookup"])
+    text = ('Let me compute. <tool_call>{"name": "calculator", "arguments": {"expression": "12*7"}}</tool_call>'
+            ' and later <tool_call>{"name": "lookup", "arguments": {"city": "Oslo"}}</tool_call>')
+    call = parse_call(text, "json", tools)
+    assert (call.name, call.arguments) == ("calculator", {"expression": "12*7"})
+    assert text[:call.end].endswith("</tool_call>") and text[call.end:].startswith(" and later")
+    stringly = '<tool_call>{"name": "lookup", "arguments": "{\\"city\\": \\"Oslo\\", \\"year\\": 2000}"}</tool_call>'
+    assert parse_call(stringly, "json", tools).arguments == {"city": "Oslo", "year": 2000}
+    assert parse_call("The answer is 84.", "json", tools) is None
+    assert parse_call('<tool_call>{"name": "calculator"', "json", tools) is None  # not closed: no call yet
+    assert stop_strings("json", tools) == ["</tool_call>"]
+
+
+@pytest.mark.parametrize("text, words", [
+    ('<tool_call>{"name": calculator}</tool_call>', "not valid JSON"),
+    ('<tool_call>{"name": "search", "arguments": {}}</tool_call>', "there is no tool 'search'; the tools are "
+                                                                     "calculator, lookup"),
+    ('<tool_call>{"name": "lookup", "arguments": {"town": "Oslo"}}</tool_call>', "takes no argument 'town'"),
+    ('<tool_call>{"name": "lookup", "arguments": {}}</tool_call>', "needs the argument 'city'"),
+    ('<tool_call>{"name": "lookup", "arguments": {"city": "Oslo", "year": "soon"}}</tool_call>',
+     "'year' must be an integer, got 'soon'"),
+    ('<tool_call>["calculator"]</tool_call>', 'a tool call is {"name"'),
+])
+def test_a_call_that_cannot_run_is_an_error_the_model_reads(tools_file, text, words):
+    tools = resolve_tools(["calculator", f"{tools_file}:lookup"])
+    with pytest.raises(ToolCallError, match=words.replace("(", "\\(").replace("[", "\\[")):
+        parse_call(text, "json", tools)
+
+
+def test_tag_format_takes_the_text_between_the_tags_as_the_one_argument(tools_file):
+    tools = resolve_tools(["calculator", f"{tools_file}:lookup"])
+    call = parse_call("first <calculator> 3 + 4*5 </calculator> then", "tag", tools)
+    assert (call.name, call.arguments) == ("calculator", {"expression": "3 + 4*5"})
+    assert parse_call("no call <calculator>1+1", "tag", tools) is None
+    assert stop_strings("tag", tools) == ["</calculator>", "</lookup>"]
+    with pytest.raises(ToolCallError, match="lookup takes 2 arguments; the tag format carries one"):
+        parse_call("<lookup>Oslo</lookup>", "tag", tools)
+    with pytest.raises(ValueError, match="tool-call format 'xml'"):
+        parse_call("", "xml", tools)
+
+
+@pytest.mark.parametrize("expr, out", [("12*7", "84"), ("2**10 - 1", "1023"), ("7/2", "3.5"), ("-(3+4)//2", "-4"),
+                                       ("10 % 4", "2"), ("1/3", "0.3333333333"), ("6/3", "2")])
+def test_calculator(expr, out):
+    assert calculator(expr) == out
+
+
+@pytest.mark.parametrize("expr, words", [
+    ("__import__('os').system('id')", "is not a number or an arithmetic operation"),
+    ("x + 1", "'x' is not a number"), ("1/0", "division by zero"), ("9**99**99", "exponent"),
+    ("10**100 * 10**100 * 10**100 * 10**100", "more than 300 digits"), ("1e200**2", "too large"),
+    ("2 +", "not an arithmetic expression"), ("'a' * 3", "is not a number"),
+])
+def test_calculator_refuses_anything_but_bounded_arithmetic(expr, words):
+    assert calculator(expr).startswith("error:") and words in calculator(expr)
