@@ -176,10 +176,11 @@ def _coerce(tool: str, name: str, kind: str, value: Any) -> Any:
     elif kind == "number":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            pass
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
     raise ToolCallError(f"{tool}: argument {name!r} must be {'an' if kind == 'integer' else 'a'} {kind}, "
                         f"got {value!r}")
 

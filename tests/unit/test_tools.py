@@ -107,6 +107,21 @@ def test_a_call_that_cannot_run_is_an_error_the_model_reads(tools_file, text, wo
         parse_call(text, "json", tools)
 
 
+def test_arguments_of_the_wrong_type_are_refused_not_cast():
+    def rate(x: float, on: bool) -> str:
+        """A number and a flag."""
+        return f"{x}:{on}"
+
+    from rollout.tools import _check
+
+    tool = _check("inline:rate", rate)
+    assert tool.bind({"x": "2.5", "on": "true"}) == {"x": 2.5, "on": True}
+    assert tool.bind({"x": 3, "on": False}) == {"x": 3.0, "on": False}
+    for bad in ({"x": True, "on": True}, {"x": [1], "on": True}, {"x": 1.0, "on": 1}):
+        with pytest.raises(ToolCallError, match="must be a"):
+            tool.bind(bad)
+
+
 def test_tag_format_takes_the_text_between_the_tags_as_the_one_argument(tools_file):
     tools = resolve_tools(["calculator", f"{tools_file}:lookup"])
     call = parse_call("first <calculator> 3 + 4*5 </calculator> then", "tag", tools)
