@@ -137,7 +137,8 @@ class Workers:
         return ray.remote(RolloutWorker).options(**_rollout_options(self.gpu, i), name=None).remote(
             r.engine, self.model_path, engine_kwargs=_engine_kwargs(cfg, self.gpu, i),
             threads=_threads(r.threads_per_worker or t.threads_per_worker, r.num_workers),
-            cores=self.cores["rollout"][i] if self.cores else None, guard=self._guard("rollout", i))
+            cores=self.cores["rollout"][i] if self.cores else None, guard=self._guard("rollout", i),
+            tools=tool_settings(cfg))
 
     def new_reward(self, k: int):
         from reward.worker import RewardWorker
@@ -228,6 +229,16 @@ def _rollout_options(gpu: _GPUs | None, i: int) -> dict:
     from launch.placement import actor_options
 
     return actor_options(gpu.pg, *gpu.plan.rollout_actor(i))
+
+
+def tool_settings(cfg: Config) -> dict | None:
+    """What a rollout worker builds its multi-turn tools from (rollout/worker.py); None without rollout.tools."""
+    r = cfg.rollout
+    if not r.tools:
+        return None
+    return {"specs": list(r.tools), "format": r.tool_format, "max_turns": r.max_turns, "timeout_s": r.tool_timeout_s,
+            "workers": r.tool_workers, "response_template": r.tool_response_template, "sandbox": cfg.reward.sandbox,
+            "cgroup": cfg.reward.cgroup}
 
 
 def _engine_kwargs(cfg: Config, gpu: _GPUs | None, i: int) -> dict:

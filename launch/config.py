@@ -175,8 +175,38 @@ class RolloutConfig:
     threads_per_worker: int = 0
     """CPU only: torch threads per rollout worker (0: as trainer.threads_per_worker). With trainer.async_mode other
     than `sync` the rollout workers and the trainer ranks run at once, so each actor is pinned to its own cores."""
+    tools: list[Any] = field(default_factory=list)
+    """Multi-turn tool use (rollout/multiturn.py): the tools the model may call, each a built-in (`calculator`,
+    `python`, `search`), "pkg.module:fn" or "path/to/file.py:fn" (a function with a docstring and typed arguments
+    that returns a string), or {fn, args} binding arguments the model does not pass, e.g.
+    {fn: search, args: {corpus: docs.jsonl}}. Empty: single-turn rollouts."""
+    tool_format: str = "json"
+    """How the model calls a tool: `json` (<tool_call>{"name": ..., "arguments": {...}}</tool_call>, the syntax of
+    Hermes/Qwen2.5 chat templates; a template that renders tools is given their schemas) or `tag`
+    (<calculator>12*7</calculator>: one argument per tool, for small models without a tool template)."""
+    max_turns: int = 4
+    """Model turns per trajectory; a trajectory whose last turn still calls a tool ends truncated."""
+    tool_timeout_s: float = 10.0
+    """Per-call deadline of a tool: past it the call is stopped and the model reads an error observation."""
+    tool_workers: int = 2
+    """Sandboxed tool processes per rollout worker (the calls of one turn run concurrently across them), at
+    reward.sandbox's level and under reward.cgroup's limits."""
+    tool_response_template: str | None = None
+    """The text around a tool's output, with "{observation}" in it; null: the format's own
+    ("\\n<tool_response>\\n{observation}\\n</tool_response>\\n" for json, "<result>{observation}</result>" for tag)."""
 
     def __post_init__(self) -> None:
+        if self.tool_format not in ("json", "tag"):
+            raise ConfigError(f"rollout.tool_format={self.tool_format!r}: use `json` or `tag`")
+        if self.max_turns < 1:
+            raise ConfigError(f"rollout.max_turns={self.max_turns}: must be >= 1")
+        if self.tool_timeout_s <= 0 or self.tool_workers < 1:
+            raise ConfigError("rollout.tool_timeout_s must be > 0 and rollout.tool_workers >= 1")
+        if self.tool_response_template is not None and "{observation}" not in self.tool_response_template:
+            raise ConfigError(f"rollout.tool_response_template={self.tool_response_template!r}: it must contain "
+                              "{observation}, where the tool's output goes")
+        if not isinstance(self.tools, list):
+            raise ConfigError(f"rollout.tools={self.tools!r}: a list of tool specs, e.g. [calculator]")
         if self.engine not in ("hf", "vllm"):
             raise ConfigError(f"rollout.engine={self.engine!r}: use `hf` or `vllm`")
         if self.placement not in ("split", "colocated"):

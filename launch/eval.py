@@ -153,7 +153,7 @@ def load_prompts(cfg: Config, data: str, model: str) -> list[PromptRequest]:
     from transformers import AutoTokenizer
 
     from launch.loop import prompt_requests
-    from launch.prepare import encode_rows, probe_rewards
+    from launch.prepare import encode_rows, probe_rewards, prompt_tools
     from rollout.data import DataError, load_rows
 
     d = cfg.data
@@ -165,7 +165,7 @@ def load_prompts(cfg: Config, data: str, model: str) -> list[PromptRequest]:
     if not raw:
         raise DataError(f"DATA {data}: no rows to evaluate; give a dataset with at least one row")
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=cfg.model.trust_remote_code)
-    rows = encode_rows(tokenizer, raw, d, data)
+    rows = encode_rows(tokenizer, raw, d, data, prompt_tools(cfg, tokenizer))
     probe_rewards(cfg, tokenizer, [("DATA", data, rows)])  # each reward function once on a real row, as training does
     return prompt_requests(rows, range(len(rows)), [-1] * len(rows))
 
@@ -194,7 +194,7 @@ def generate_and_score(worker, runner, requests: list[PromptRequest], params: Sa
 def evaluate(cfg: Config, target: Target, data: str) -> tuple[dict, Path]:
     """Generate, score and write the report; returns it and the output directory."""
     from launch import eval_report
-    from launch.cluster import _engine_kwargs
+    from launch.cluster import _engine_kwargs, tool_settings
     from launch.prepare import check_rewards
     from reward import RewardRunner
     from rollout.engine import SamplingParams
@@ -214,10 +214,13 @@ def evaluate(cfg: Config, target: Target, data: str) -> tuple[dict, Path]:
                       quarantine_path=str(out / "quarantine.jsonl"), sandbox=cfg.reward.sandbox,
                       cgroup=cfg.reward.cgroup) as runner:
         worker = RolloutWorker(r.engine, target.model, engine_kwargs=_engine_kwargs(cfg, None, 0),
-                               threads=cfg.trainer.threads_per_worker)
-        args = (worker, runner, requests)
-        greedy = generate_and_score(*args, greedy_params, cfg, reward_names, "greedy") if e.greedy else []
-        sampled = generate_and_score(*args, sampled_params, cfg, reward_names, f"{e.k} sampled") if e.k else []
+                               threads=cfg.trainer.threads_per_worker, tools=tool_settings(cfg))
+        try:
+            args = (worker, runner, requests)
+            greedy = generate_and_score(*args, greedy_params, cfg, reward_names, "greedy") if e.greedy else []
+            sampled = generate_and_score(*args, sampled_params, cfg, reward_names, f"{e.k} sampled") if e.k else []
+        finally:
+            worker.close_tools()
     settings = {"greedy": e.greedy, "k": e.k, "temperature": e.temperature, "top_p": e.top_p,
                 "max_new_tokens": r.max_new_tokens, "engine": r.engine, "seed": e.seed, "bootstrap": e.bootstrap,
                 "ci_level": e.ci_level, "ci": "percentile bootstrap over prompts"}

@@ -93,12 +93,13 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer():
-    """A character-level fast tokenizer with a chat template, built in code (no download)."""
+def build_tokenizer(extra_chars: str = ""):
+    """A character-level fast tokenizer with a chat template, built in code (no download); `extra_chars` adds
+    characters after the built-in ones (the ids of those stay as they are)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate(SPECIALS + CHARS)}
+    vocab = {t: i for i, t in enumerate(SPECIALS + CHARS + [c for c in dict.fromkeys(extra_chars) if c not in CHARS])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -110,12 +111,13 @@ def build_tokenizer():
     return fast
 
 
-def build_tiny_random(out: Path, hidden_size: int = 64, num_layers: int = 2, seed: int = 0) -> None:
+def build_tiny_random(out: Path, hidden_size: int = 64, num_layers: int = 2, seed: int = 0,
+                      extra_chars: str = "") -> None:
     """A tiny random Llama (about 0.1M parameters) with the char tokenizer, saved to `out`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = build_tokenizer()
+    tok = build_tokenizer(extra_chars)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,

@@ -57,6 +57,33 @@ def check_rewards(cfg: Config) -> tuple[str, ...]:
     return names
 
 
+def check_tools(cfg: Config) -> list:
+    """rollout.tools resolved and checked (docstring, typed arguments, the format's needs) before any model loads;
+    [] without tools. The rollout workers resolve them again in their own processes."""
+    r = cfg.rollout
+    if not r.tools:  # strata_source=tool_calls without tools: a reward function reports the count (checked per sample)
+        return []
+    from rollout.tools import ToolSpecError, check_tag_format, resolve_tools
+
+    try:
+        tools = resolve_tools(list(r.tools))
+        if r.tool_format == "tag":
+            check_tag_format(tools)
+    except ToolSpecError as e:
+        raise ConfigError(str(e)) from None
+    return tools
+
+
+def prompt_tools(cfg: Config, tokenizer) -> Any:
+    """How the prompts present rollout.tools to the model (rollout.tools.ToolPrompt); None without tools."""
+    tools = check_tools(cfg)
+    if not tools:
+        return None
+    from rollout.tools import tool_prompt
+
+    return tool_prompt(tokenizer, cfg.rollout.tool_format, tools)
+
+
 def startup_warnings(cfg: Config) -> list[str]:
     """Settings that are legal but cannot do what they are for; logged at start, never changed."""
     out = []
@@ -72,6 +99,7 @@ def startup_warnings(cfg: Config) -> list[str]:
 
 def prepare(cfg: Config) -> Prepared:
     reward_names = check_rewards(cfg)
+    check_tools(cfg)
     try:  # a plug-in estimator is imported here: its signature and params are checked before any model loads
         cfg.algorithm.advantage_params()
     except ValueError as e:
@@ -88,8 +116,9 @@ def prepare(cfg: Config) -> Prepared:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    train_rows = encode_rows(tokenizer, train_raw, d, d.train)
-    eval_rows = encode_rows(tokenizer, eval_raw, d, eval_source or "")
+    tools = prompt_tools(cfg, tokenizer)
+    train_rows = encode_rows(tokenizer, train_raw, d, d.train, tools)
+    eval_rows = encode_rows(tokenizer, eval_raw, d, eval_source or "", tools)
     dropped = {"train": len(train_raw) - len(train_rows), "eval": len(eval_raw) - len(eval_rows)}
     probe_rewards(cfg, tokenizer, [("data.train", d.train, train_rows), ("data.eval", eval_source, eval_rows)])
     return Prepared(model_path, train_rows, eval_rows, reward_names,
@@ -176,9 +205,9 @@ def _user_frame(tb: str) -> str:
     return ""
 
 
-def encode_rows(tokenizer, raw: list[dict], data_cfg, source: Any) -> list[dict]:
+def encode_rows(tokenizer, raw: list[dict], data_cfg, source: Any, tools: Any = None) -> list[dict]:
     """Loaded rows rendered and tokenised (rollout.data.encode_prompts) as the driver keeps them: {"prompt_ids",
-    "prompt_text", "fields"} (fields: the dataset row)."""
-    encoded = encode_prompts(tokenizer, raw, data_cfg, source)
+    "prompt_text", "fields"} (fields: the dataset row); `tools` (prompt_tools) presents rollout.tools."""
+    encoded = encode_prompts(tokenizer, raw, data_cfg, source, tools)
     return [{"prompt_ids": r["prompt_ids"], "prompt_text": r["prompt_text"],
              "fields": {k: v for k, v in r.items() if k not in _INTERNAL}} for r in encoded]

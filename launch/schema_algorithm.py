@@ -46,7 +46,9 @@ class AdvantageConfig:
     """stratified only: std convention inside a stratum; 0 makes SAN exactly unit-variance per stratum."""
     strata_source: str | None = None
     """stratified only: where stratum ids come from: `reward` (the reward function's "stratum" key),
-    `length_bucket`, `truncated`, `tool_calls` (reward_metrics["tool_calls"]); null = no strata."""
+    `length_bucket`, `truncated`, `tool_calls` (the trajectory's tool-call count with rollout.tools, else
+    reward_metrics["tool_calls"]), `metric:<key>` (any per-sample value a reward function returns under
+    <key>); null = no strata."""
     length_bucket_size: int = 512
     """strata_source=length_bucket: response tokens per bucket (stratum = length // size)."""
     params: dict[str, Any] = field(default_factory=dict)
@@ -64,7 +66,8 @@ class AdvantageConfig:
             _fail("advantage.singleton", self.singleton, "use `zero` (advantage 0) or `raw` (verl: raw reward)")
         if not 0.0 <= self.alpha <= 1.0:
             _fail("advantage.alpha", self.alpha, "must be in [0, 1] (0 = plain GRPO, 1 = pure SAN; paper 0.6)")
-        if self.strata_source is not None and self.strata_source not in STRATA_SOURCES:
+        src = self.strata_source
+        if src is not None and src not in STRATA_SOURCES and not (src.startswith("metric:") and len(src) > 7):
             _fail("advantage.strata_source", self.strata_source, f"use one of {', '.join(STRATA_SOURCES)} or null")
         if self.name == "stratified" and self.strata_source is None:
             _fail("advantage.strata_source", None, "advantage.name=stratified needs strata: set strata_source to "

@@ -89,11 +89,15 @@ class WorkerPool:
     def __init__(
         self, specs: list[dict[str, Any]], *, num_workers: int, limits: sandbox.Limits,
         level: str = "full", env: Sequence[str] = (), startup_timeout_s: float = 60.0,
-        cgroup_mode: str = "auto",
+        cgroup_mode: str = "auto", kind: str = "reward",
     ) -> None:
         """`level`: the sandbox level every worker must reach (see reward/sandbox.py); `env`: names of
         variables of this process passed to the workers besides the allowlist (a judge's API key);
-        `cgroup_mode`: reward/cgroup.py's MODES (required raises CgroupUnavailable here if there is none)."""
+        `cgroup_mode`: reward/cgroup.py's MODES (required raises CgroupUnavailable here if there is none);
+        `kind`: "reward" (specs are reward functions) or "tool" (specs are rollout.tools specs, each called with
+        the call's arguments; an outcome's `text` is what it returned)."""
+        if kind not in ("reward", "tool"):
+            raise ValueError(f"WorkerPool: kind={kind!r}; use 'reward' or 'tool'")
         self._level = sandbox.normalize_level(level)
         self._cgroup_parent, why = cgroup.find(cgroup_mode)
         self._limits = limits
@@ -103,7 +107,8 @@ class WorkerPool:
             f"per-process rlimits only ({why}): memory_limit_mb and max_processes hold for each process, so a "
             "function that forks can hold a multiple of them")
         """How the memory and process limits are enforced here (logged at start)."""
-        self._config = {"specs": specs, "limits": limits, "sandbox": self._level, "parent_pid": os.getpid()}
+        self._config = {"specs": specs, "limits": limits, "sandbox": self._level, "parent_pid": os.getpid(),
+                        "kind": kind}
         self._num_workers = num_workers
         self._startup_timeout_s = startup_timeout_s
         self._sel = selectors.DefaultSelector()
@@ -330,7 +335,9 @@ class WorkerPool:
             return
         if reply["type"] != "result" or w.state != "busy" or w.out or reply["id"] != w.task or outcomes is None:
             raise ProtocolError("unexpected message")
-        if reply["status"] == "ok":
+        if reply["status"] == "ok" and "text" in reply:
+            outcomes[w.task] = CallOutcome("ok", text=reply["text"])
+        elif reply["status"] == "ok":
             metrics = {k: float(v) for k, v in reply["metrics"].items()}
             outcomes[w.task] = CallOutcome("ok", float(reply["reward"]), metrics, reply.get("stratum"))
         else:

@@ -76,7 +76,8 @@ def main(argv: list[str]) -> int:
         info = sandbox.enter_sandbox(config["limits"], config["workdir"], level=config["sandbox"], view=view)
         log_path = os.path.join(info.workdir, _LOG_NAME)
         _redirect_output(log_path)
-        fns = resolve_specs(config["specs"])  # the first code of the user's that runs: confined
+        # the first code of the user's that runs: confined
+        fns = resolve_specs(config["specs"]) if config.get("kind", "reward") == "reward" else _tools(config["specs"])
         _warm_up(fns)
     except sandbox.SandboxUnavailable as exc:  # one line that says why and how; no traceback
         write_frame(wfd, encode_reply({"type": "hello", "ok": False, "error": str(exc)}))
@@ -141,6 +142,7 @@ def reward_view(specs: list[dict[str, Any]]) -> sandbox.View:
     found without importing it."""
     files, dirs = [], []
     for spec in specs:
+        files.extend(sandbox.read_for_view(f) for f in spec.get("files", ()))  # data a tool reads (a corpus)
         where = str(spec["fn"]).rpartition(":")[0]
         if not where or spec["fn"] in BUILTINS:
             continue
@@ -161,7 +163,30 @@ def reward_view(specs: list[dict[str, Any]]) -> sandbox.View:
     return sandbox.host_view(dirs=tuple(dirs), files=tuple(files))
 
 
-def _warm_up(fns: list[RewardFn]) -> None:
+class _ToolFn:
+    """A tool (rollout/tools.py) served by this worker: called with the call's arguments, returning the str the
+    model reads next; always in a call process of its own."""
+
+    isolation = "call"
+
+    def __init__(self, tool: Any) -> None:
+        self.tool, self.name, self.spec = tool, tool.name, tool.spec
+        warmup = getattr(tool.fn, "warmup", None)
+        if callable(warmup):  # in the zygote, with the spec's bound arguments (a search index is built here)
+            warmup(**{k: v for k, v in tool.bound.items() if k in inspect.signature(warmup).parameters})
+        self.fn = lambda **arguments: tool.fn(**tool.bound, **arguments)
+
+    def __call__(self, row: dict[str, Any]) -> Any:
+        return self.fn(**row)
+
+
+def _tools(specs: list[dict[str, Any]]) -> list[_ToolFn]:
+    from rollout.tools import resolve_tools
+
+    return [_ToolFn(t) for t in resolve_tools([{"fn": s["fn"], "args": s.get("args", {})} for s in specs])]
+
+
+def _warm_up(fns: list[Any]) -> None:
     """Run each function's `warmup` (a callable attribute taking no arguments, if it has one) in the zygote:
     what it imports or caches is there, already done, in every call's process."""
     for rfn in fns:
@@ -321,13 +346,18 @@ def _pass_on_dump_request(dump_fd: int) -> None:
         faulthandler.dump_traceback(file=dump_fd, all_threads=True)
 
 
-def _call(rfn: RewardFn, row: dict[str, Any], timeout_s: float, limits: sandbox.Limits, log_path: str) -> dict[str, Any]:
+def _call(rfn: RewardFn | _ToolFn, row: dict[str, Any], timeout_s: float, limits: sandbox.Limits,
+          log_path: str) -> dict[str, Any]:
     set_deadline(timeout_s)
     sandbox.set_cpu_budget(timeout_s)
     try:
         out = rfn(row)
         if inspect.isawaitable(out):
             out = asyncio.run(_await(out))
+        if isinstance(rfn, _ToolFn):
+            if not isinstance(out, str):
+                raise TypeError(f"tool {rfn.name} returned {type(out).__name__}, not the str the model reads")
+            return {"status": "ok", "text": out}
         reward, metrics, stratum = coerce_output(out)
         return {"status": "ok", "reward": reward, "metrics": metrics, "stratum": stratum}
     except BaseException as exc:  # noqa: BLE001 - SystemExit from a reward fn is an error too

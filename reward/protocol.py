@@ -97,7 +97,10 @@ def decode_reply(body: bytes) -> dict[str, Any]:
 def _check_result(reply: dict[str, Any]) -> None:
     if not isinstance(reply.get("id"), int) or reply.get("status") not in ("ok", "error"):
         raise ProtocolError("result without an integer id and an ok/error status")
-    if reply["status"] == "ok":
+    if reply["status"] == "ok" and "text" in reply:  # a tool's observation (rollout/tools.py)
+        if not isinstance(reply["text"], str):
+            raise ProtocolError("ok tool result whose text is not a string")
+    elif reply["status"] == "ok":
         reward, metrics, stratum = reply.get("reward"), reply.get("metrics"), reply.get("stratum")
         if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
             raise ProtocolError("ok result without a finite reward")

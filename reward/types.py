@@ -108,3 +108,5 @@ class CallOutcome:
     stratum: str | None = None
     error: str | None = None
     traceback: str | None = None
+    text: str | None = None
+    """A tool call's observation (pools of kind "tool", rollout/tools.py)."""

@@ -38,7 +38,8 @@ ADVANTAGES: Registry[Callable[..., Tensor]] = Registry("advantage")
 register_advantage = ADVANTAGES.register
 
 SINGLETON_POLICIES = ("zero", "raw")
-STRATA_SOURCES = ("reward", "length_bucket", "truncated", "tool_calls")
+STRATA_SOURCES = ("reward", "length_bucket", "truncated", "tool_calls", "metric:<key>")
+METRIC_PREFIX = "metric:"
 
 
 def compute_advantages(
@@ -225,8 +226,11 @@ def strata_from_samples(samples: Sequence[Any], source: str, *, length_bucket_si
     - "reward":        `sample.stratum`, the "stratum" key a reward function returned (None -> -1).
     - "length_bucket": `len(sample.response_ids) // length_bucket_size`.
     - "truncated":     1 if `sample.finish_reason == "length"` else 0.
-    - "tool_calls":    `sample.reward_metrics["tool_calls"]`, the number of tool/search calls
-                       (the paper's ψ(τ), arXiv 2510.06214); an agent reward must report it.
+    - "tool_calls":    the number of tool calls of the trajectory (the paper's ψ(τ), arXiv 2510.06214):
+                       `len(sample.tool_calls)` for a multi-turn rollout (rollout.tools), else
+                       `sample.reward_metrics["tool_calls"]` as an agent reward reports it.
+    - "metric:<key>":  `sample.reward_metrics[key]`, any per-sample value a reward function returns (a stratum
+                       per distinct value).
     """
     if source == "reward":
         return strata_from_keys([s.stratum for s in samples])
@@ -237,14 +241,30 @@ def strata_from_samples(samples: Sequence[Any], source: str, *, length_bucket_si
     if source == "tool_calls":
         out = []
         for i, s in enumerate(samples):
+            calls = getattr(s, "tool_calls", None)
+            if calls is not None:
+                out.append(len(calls))
+                continue
             if "tool_calls" not in s.reward_metrics:
                 raise ValueError(
-                    f"strata_source='tool_calls' but sample {i} (prompt_id={getattr(s, 'prompt_id', '?')}) has no "
-                    "reward_metrics['tool_calls']: make the reward function return {'reward': ..., 'tool_calls': n} "
-                    "or pick another algorithm.advantage.strata_source"
-                )
+                    f"strata_source='tool_calls' but sample {i} (prompt_id={getattr(s, 'prompt_id', '?')}) is no "
+                    "multi-turn rollout (set rollout.tools) and has no reward_metrics['tool_calls'] (a reward "
+                    "function can return {'reward': ..., 'tool_calls': n}); or pick another "
+                    "algorithm.advantage.strata_source")
             out.append(int(s.reward_metrics["tool_calls"]))
         return torch.tensor(out, dtype=torch.long)
+    if source.startswith(METRIC_PREFIX):
+        key = source[len(METRIC_PREFIX):]
+        keys = []
+        for i, s in enumerate(samples):
+            if key not in s.reward_metrics:
+                raise ValueError(
+                    f"strata_source={source!r} but sample {i} (prompt_id={getattr(s, 'prompt_id', '?')}) has no "
+                    f"reward_metrics[{key!r}]: the reward function must return {{'reward': ..., {key!r}: value}} for "
+                    "every sample (metric names of a function are prefixed `fn/` when several functions are set)")
+            v = s.reward_metrics[key]
+            keys.append(int(v) if isinstance(v, float) and v.is_integer() else v)
+        return strata_from_keys(keys)
     raise ValueError(f"unknown strata source {source!r}; use one of {', '.join(STRATA_SOURCES)}")
 
 

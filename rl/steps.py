@@ -104,6 +104,32 @@ def rollout_metrics(samples: list[Sample]) -> dict[str, float]:
             strata.setdefault(str(s.stratum), []).append(s.reward)
     for name, vals in strata.items():
         m[f"reward/stratum/{name}/mean"], m[f"reward/stratum/{name}/count"] = sum(vals) / len(vals), len(vals)
+    m.update(tool_metrics(samples))
+    return m
+
+
+def tool_metrics(samples: list[Sample]) -> dict[str, float]:
+    """rollout/tool_* of multi-turn samples (none when the step has no tool rollouts): calls per sample, the share
+    of samples that called a tool, turns, the calls' error and timeout rates, the share of response tokens that are
+    tool output, and the reward mean and count of each tool-call count (the strata of `strata_source: tool_calls`)."""
+    multi = [s for s in samples if s.tool_calls is not None]
+    if not multi:
+        return {}
+    calls = [c for s in multi for c in s.tool_calls]
+    tool_tokens = sum(s.response_length - s.num_trained_tokens for s in multi)
+    m = {"rollout/tool_calls_mean": len(calls) / len(multi),
+         "rollout/tool_call_rate": sum(bool(s.tool_calls) for s in multi) / len(multi),
+         "rollout/turns_mean": sum(s.turns for s in multi) / len(multi),
+         "rollout/tool_token_frac": tool_tokens / max(sum(s.response_length for s in multi), 1)}
+    if calls:
+        m["rollout/tool_error_rate"] = sum(c["status"] == "error" for c in calls) / len(calls)
+        m["rollout/tool_timeout_rate"] = sum(c["status"] == "timeout" for c in calls) / len(calls)
+    by_count: dict[int, list[float]] = {}
+    for s in multi:
+        if s.reward_status == "ok" and s.reward is not None:
+            by_count.setdefault(len(s.tool_calls), []).append(s.reward)
+    for k, vals in sorted(by_count.items()):
+        m[f"rollout/tool_calls/{k}/reward_mean"], m[f"rollout/tool_calls/{k}/count"] = sum(vals) / len(vals), len(vals)
     return m
 
 
@@ -228,6 +254,10 @@ def eval_metrics(samples: list[Sample]) -> dict[str, float]:
     out = {"eval/reward_mean": sum(s.reward for s in ok) / max(len(ok), 1), "eval/num_prompts": len(samples)}
     if any("acc" in s.reward_metrics for s in ok):
         out["eval/accuracy"] = sum(s.reward_metrics.get("acc", 0.0) for s in ok) / len(samples)
+    multi = [s for s in samples if s.tool_calls is not None]
+    if multi:
+        out["eval/tool_call_rate"] = sum(bool(s.tool_calls) for s in multi) / len(multi)
+        out["eval/tool_calls_mean"] = sum(len(s.tool_calls) for s in multi) / len(multi)
     return out
 
 
@@ -235,8 +265,11 @@ def reward_row(s: Sample) -> dict[str, Any]:
     """What the reward functions get of a sample (training and launch.eval): its dataset columns, the rendered
     prompt, the completion, and, under reserved keys for the TRL convention, the dataset's own prompt (text or
     chat messages) and the completion's token ids."""
-    return {**s.fields, "prompt": s.prompt_text, "completion": s.response_text,
-            SOURCE_PROMPT: s.fields.get("prompt", s.prompt_text), COMPLETION_IDS: list(s.response_ids)}
+    row = {**s.fields, "prompt": s.prompt_text, "completion": s.response_text,
+           SOURCE_PROMPT: s.fields.get("prompt", s.prompt_text), COMPLETION_IDS: list(s.response_ids)}
+    if s.tool_calls is not None and "tool_calls" not in row:  # a dataset column of that name keeps its place
+        row["tool_calls"] = [dict(c) for c in s.tool_calls]
+    return row
 
 
 def is_correct(s: Sample) -> bool:
@@ -268,8 +301,10 @@ def eval_sampled_metrics(samples: list[Sample], k: int) -> dict[str, float]:
 
 
 def sample_record(s: Sample) -> dict[str, Any]:
-    """What samples.jsonl keeps of a sample: the rendered prompt, the completion and how it was scored."""
+    """What samples.jsonl keeps of a sample: the rendered prompt, the completion and how it was scored; for a
+    multi-turn sample also its turns and tool calls (name, arguments, observation, status, token span)."""
     return {"prompt_id": s.prompt_id, "group_id": s.group_id, "policy_version": s.policy_version,
             "prompt": s.prompt_text, "completion": s.response_text, "response_tokens": s.response_length,
             "finish_reason": s.finish_reason, "reward": s.reward, "reward_status": s.reward_status,
-            "reward_metrics": dict(s.reward_metrics), "advantage": s.advantage}
+            "reward_metrics": dict(s.reward_metrics), "advantage": s.advantage,
+            **({"turns": s.turns, "tool_calls": [dict(c) for c in s.tool_calls]} if s.tool_calls is not None else {})}

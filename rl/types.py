@@ -65,6 +65,11 @@ class Sample:
     rollout logprob is the behaviour policy's), False for one it did not (a tool's output appended in a
     multi-turn rollout: context for the later tokens, never a loss term, never counted in the token-mean; its
     rollout logprob is a placeholder). None: every response token was sampled."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """A multi-turn rollout's tool calls, in order (rollout/multiturn.py `Trajectory.calls`: turn, name,
+    arguments, observation, status, the observation's token span); None for a single-turn rollout."""
+    turns: int = 1
+    """Model turns in the trajectory (1 for a single-turn rollout)."""
 
     def __post_init__(self) -> None:
         if len(self.rollout_logprobs) != len(self.response_ids):

@@ -292,17 +292,25 @@ def is_conversational(prompt: Any) -> bool:
 
 
 def render_prompt(tokenizer, prompt: str | list[dict[str, str]], *, chat_template: bool, system_prompt: str | None,
-                  suffix: str = "") -> str:
+                  suffix: str = "", tools: Any = None) -> str:
     """The text the model sees. A string prompt gets `suffix` and, with the chat template on, becomes the
     user message after `system_prompt`; a message list is rendered as it is (`suffix` appended to its last
-    user message, `system_prompt` added when it has no system message of its own)."""
+    user message, `system_prompt` added when it has no system message of its own).
+
+    `tools` (rollout.tools.ToolPrompt, multi-turn rollouts): its schemas go to a chat template that renders
+    tools; its instructions are added to the system message (after `system_prompt` or the row's own system
+    message), or before the text of a prompt without a chat template."""
+    schemas = getattr(tools, "schemas", None)
+    note = getattr(tools, "instructions", None)
+    kw = {"tools": schemas} if schemas else {}
     if isinstance(prompt, str):
         text = prompt + suffix
         if not chat_template or tokenizer.chat_template is None:
-            return text
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+            return f"{note}\n\n{text}" if note else text
+        system = "\n\n".join(p for p in (system_prompt, note) if p)
+        messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": text})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kw)
     if not chat_template:
         raise ValueError("is a list of chat messages but data.chat_template=false; turn the template on, or give "
                          "text prompts")
@@ -315,13 +323,19 @@ def render_prompt(tokenizer, prompt: str | list[dict[str, str]], *, chat_templat
             raise ValueError("has its own system message and data.system_prompt is set too; unset "
                              "data.system_prompt or drop the row's system message")
         messages.insert(0, {"role": "system", "content": system_prompt})
+    if note:
+        own = next((m for m in messages if m["role"] == "system"), None)
+        if own is None:
+            messages.insert(0, {"role": "system", "content": note})
+        else:
+            own["content"] = f"{own['content']}\n\n{note}"
     if suffix:
         last = max(j for j, m in enumerate(messages) if m["role"] == "user")
         messages[last]["content"] += suffix
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kw)
 
 
-def encode_prompts(tokenizer, rows: list[dict], cfg, source: Any) -> list[dict]:
+def encode_prompts(tokenizer, rows: list[dict], cfg, source: Any, tools: Any = None) -> list[dict]:
     """Render and tokenize every row once; adds `prompt_text` and `prompt_ids`. A prompt longer than
     `cfg.max_prompt_tokens` is an error naming the row, or, with `cfg.filter_overlong_prompts`, dropped
     (the count is logged; the caller sees it as the difference in length)."""
@@ -331,7 +345,7 @@ def encode_prompts(tokenizer, rows: list[dict], cfg, source: Any) -> list[dict]:
     for i, row in enumerate(rows):
         try:
             text = render_prompt(tokenizer, row["prompt"], chat_template=cfg.chat_template,
-                                 system_prompt=cfg.system_prompt, suffix=cfg.prompt_suffix)
+                                 system_prompt=cfg.system_prompt, suffix=cfg.prompt_suffix, tools=tools)
         except ValueError as e:
             raise DataError(f"{shown}: row {i} {e}") from None
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -20,8 +20,13 @@ Two call formats (`parse_call`):
 - `tag`: `<calculator>12*7</calculator>`, for a tool with one argument (its value is the text between the
   tags), for small models without a tool-call template.
 
-What is still to come (the multi-turn rollout loop that runs these tools in the reward sandbox, the other
-built-ins) is tracked in the project's issue on multi-turn tool use; nothing calls this module yet but its tests.
+A spec can also be a dict that binds arguments the model never sees (a corpus path, a result count):
+`{"fn": "search", "args": {"corpus": "data/wiki.jsonl", "k": 3}}`; a bound argument that names an existing
+file is shown, read-only, inside the sandbox.
+
+`ToolRunner` runs calls in sandboxed worker processes (reward/pool.py, kind "tool") under a per-call deadline:
+a tool that raises, crashes, returns a non-string or runs past its deadline gives the model an error
+observation ("error: ..."), never a stalled step. rollout/multiturn.py drives the turns.
 """
 
 from __future__ import annotations
@@ -33,13 +38,16 @@ import math
 import operator
 import re
 import typing
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from rl.registry import PluginError, load_object
+from rl.registry import PluginError, is_file_spec, load_object
 
 BUILTINS: dict[str, str] = {
     "calculator": "rollout.tools:calculator",
+    "python": "rollout.tools:python",
+    "search": "rollout.search:search",
 }
 """Built-in tool name -> "module:function"."""
 
@@ -63,6 +71,19 @@ class Tool:
     """Argument name -> JSON type (string, integer, number, boolean), in signature order."""
     required: tuple[str, ...]
     """Arguments without a default."""
+    bound: dict[str, Any] = field(default_factory=dict)
+    """Arguments fixed by the spec's `args` (not in the schema: the model does not pass them)."""
+
+    @property
+    def target(self) -> str:
+        """The "module:fn" or absolute "file.py:fn" that resolves to this tool in another process."""
+        where, _, attr = BUILTINS.get(self.spec, self.spec).rpartition(":")
+        return f"{os.path.abspath(where)}:{attr}" if is_file_spec(where) else f"{where}:{attr}"
+
+    def pool_spec(self) -> dict[str, Any]:
+        """What a tool worker (reward/pool_worker.py) resolves this tool from, with the files it must see."""
+        files = sorted({os.path.abspath(v) for v in self.bound.values() if isinstance(v, str) and os.path.isfile(v)})
+        return {"fn": self.target, "args": dict(self.bound), "files": files}
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI function schema (what chat templates with tool support render)."""
@@ -98,11 +119,21 @@ class ToolCall:
     """Index in the text just after the call (where the observation goes)."""
 
 
-def resolve_tools(specs: list[str]) -> list[Tool]:
+def resolve_tools(specs: list[str | dict[str, Any]]) -> list[Tool]:
     """Every spec resolved and its function checked, before any model loads; ToolSpecError names the spec and
-    the fix."""
+    the fix. A spec is a string or {"fn": spec, "args": {bound arguments}}."""
     tools: list[Tool] = []
-    for spec in specs:
+    for entry in specs:
+        bound: dict[str, Any] = {}
+        spec = entry
+        if isinstance(entry, dict):
+            extra = sorted(set(entry) - {"fn", "args"})
+            if extra or "fn" not in entry:
+                raise ToolSpecError(f"rollout.tools entry {entry!r}: a dict entry has the keys fn and args "
+                                    f"(got {sorted(entry)}), like {{fn: search, args: {{corpus: docs.jsonl}}}}")
+            spec, bound = entry["fn"], entry.get("args") or {}
+            if not isinstance(bound, dict) or not all(isinstance(k, str) for k in bound):
+                raise ToolSpecError(f"rollout.tools entry {entry!r}: args must map argument names to values")
         if not isinstance(spec, str) or not spec.strip():
             raise ToolSpecError(f"rollout.tools entry {spec!r}: expected a built-in ({', '.join(BUILTINS)}), "
                                 "'pkg.module:fn' or 'path/to/file.py:fn'")
@@ -114,7 +145,7 @@ def resolve_tools(specs: list[str]) -> list[Tool]:
             fn = load_object(target, what="rollout.tools entry", shown=spec)
         except PluginError as e:
             raise ToolSpecError(str(e)) from None
-        tools.append(_check(spec, fn))
+        tools.append(_check(spec.strip(), fn, bound))
     seen: dict[str, str] = {}
     for t in tools:
         if t.name in seen:
@@ -124,7 +155,7 @@ def resolve_tools(specs: list[str]) -> list[Tool]:
     return tools
 
 
-def _check(spec: str, fn: Callable[..., Any]) -> Tool:
+def _check(spec: str, fn: Callable[..., Any], bound: dict[str, Any]) -> Tool:
     where = f"rollout.tools entry {spec!r}"
     if not inspect.isfunction(fn) or inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
         raise ToolSpecError(f"{where}: a tool is a plain function returning a string, like\n{_TOOL_HINT}")
@@ -141,7 +172,14 @@ def _check(spec: str, fn: Callable[..., Any]) -> Tool:
         raise ToolSpecError(f"{where}: the annotations of {name} do not evaluate ({e})") from None
     params: dict[str, str] = {}
     required = []
-    for p in inspect.signature(fn).parameters.values():
+    signature = inspect.signature(fn).parameters
+    unknown = sorted(set(bound) - set(signature))
+    if unknown:
+        raise ToolSpecError(f"{where}: args binds {unknown[0]!r}, which {name} does not take; its arguments: "
+                            f"{', '.join(signature) or 'none'}")
+    for p in signature.values():
+        if p.name in bound:
+            continue
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise ToolSpecError(f"{where}: {name} takes *{'*' if p.kind is p.VAR_KEYWORD else ''}{p.name}; a tool "
                                 "names every argument the model may pass, each with a type")
@@ -156,8 +194,15 @@ def _check(spec: str, fn: Callable[..., Any]) -> Tool:
     if hints.get("return", str) is not str:
         raise ToolSpecError(f"{where}: {name} is annotated to return {hints['return']}; a tool returns the str the "
                             "model reads")
+    needs = getattr(fn, "needs_bound", ())  # a built-in's setting that has no default (search: its corpus)
+    missing = [k for k in needs if k not in bound]
+    if missing:
+        raise ToolSpecError(f"{where}: {name} needs args.{missing[0]}, like {{fn: {spec}, args: {{{missing[0]}: "
+                            f"...}}}}; {getattr(fn, 'needs_hint', '')}".rstrip("; "))
+    if not params:
+        raise ToolSpecError(f"{where}: {name} takes no argument the model passes; a tool reads at least one")
     return Tool(name=name, spec=spec, fn=fn, description=doc.split("\n\n")[0].replace("\n", " "),
-                parameters=params, required=tuple(required))
+                parameters=params, required=tuple(required), bound=dict(bound))
 
 
 def _coerce(tool: str, name: str, kind: str, value: Any) -> Any:
@@ -283,3 +328,140 @@ def _eval(node: ast.AST) -> int | float:
             raise ValueError(f"the result has more than {MAX_DIGITS} digits")
         return out
     raise ValueError(f"{ast.unparse(node)!r} is not a number or an arithmetic operation")
+
+
+def python(code: str) -> str:
+    """Run Python code and return what it prints (print() the values you need)."""
+    import contextlib
+    import io
+    import traceback
+
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            exec(compile(code, "<tool call>", "exec"), {"__name__": "__main__"})  # noqa: S102 - runs in the sandbox
+    except BaseException as e:  # noqa: BLE001 - the model reads what went wrong
+        last = traceback.format_exception_only(type(e), e)[-1].strip()
+        return (out.getvalue() + f"error: {last}").strip()
+    text = out.getvalue().strip()
+    return text if text else "(no output: print() what you want to see)"
+
+
+# -- what the model is told, and what it reads back ------------------------------------------------
+RESPONSE_TEMPLATES = {"json": "\n<tool_response>\n{observation}\n</tool_response>\n",
+                      "tag": "<result>{observation}</result>"}
+"""How an observation is appended after a call, per format (rollout.tool_response_template overrides it)."""
+
+
+def instructions(fmt: str, tools: list[Tool]) -> str:
+    """The system-prompt text that tells a model which tools it has and how to call them, for chat templates
+    that do not render tools themselves (and for every model in the tag format)."""
+    _check_format(fmt)
+    if fmt == "json":
+        listing = "\n".join(json.dumps(t.schema()["function"]) for t in tools)
+        return ("You can call tools. To call one, write <tool_call>{\"name\": <tool name>, \"arguments\": "
+                "<arguments as a JSON object>}</tool_call> and stop; its result follows inside "
+                "<tool_response></tool_response>. When you know the answer, give it without a tool call.\n"
+                f"Tools:\n{listing}")
+    lines = "\n".join(f"- <{t.name}>{next(iter(t.parameters))}</{t.name}>: {t.description}" for t in tools)
+    return ("You can use tools. To use one, write its tag around its input and stop; its result follows inside "
+            f"<result></result>. When you know the answer, give it without a tool.\nTools:\n{lines}")
+
+
+@dataclass(frozen=True)
+class ToolPrompt:
+    """How the prompts tell the model about its tools (rollout.data.render_prompt)."""
+    schemas: list[dict[str, Any]] | None
+    """Given to the chat template (`apply_chat_template(..., tools=schemas)`) when it renders tools itself."""
+    instructions: str | None
+    """Otherwise: text added to the system prompt (or before a prompt without a chat template)."""
+
+
+def tool_prompt(tokenizer: Any, fmt: str, tools: list[Tool]) -> ToolPrompt:
+    """The json format uses the chat template's own tool rendering when it has one (a template that renders the
+    schemas: Qwen2.5, Hermes, Llama 3.1, ...); the tag format, and templates without tool support, get
+    `instructions` in the system prompt."""
+    _check_format(fmt)
+    schemas = [t.schema() for t in tools]
+    if fmt == "json" and getattr(tokenizer, "chat_template", None):
+        probe = [{"role": "user", "content": "x"}]
+        try:
+            plain = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+            with_tools = tokenizer.apply_chat_template(probe, tools=schemas, tokenize=False, add_generation_prompt=True)
+        except Exception:  # noqa: BLE001 - a template that cannot take tools: tell the model in the system prompt
+            with_tools = plain = None
+        if with_tools != plain and all(t.name in with_tools for t in tools):
+            return ToolPrompt(schemas, None)
+    return ToolPrompt(None, instructions(fmt, tools))
+
+
+def check_tag_format(tools: list[Tool]) -> None:
+    """The tag format carries one argument per call: every tool must take exactly one."""
+    for t in tools:
+        if len(t.parameters) != 1:
+            raise ToolSpecError(f"rollout.tools entry {t.spec!r}: {t.name} takes {len(t.parameters)} arguments "
+                                f"({', '.join(t.parameters)}) but rollout.tool_format=tag carries one; use "
+                                "rollout.tool_format=json, or bind the others in the entry's args")
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    text: str
+    """The observation the model reads (an error observation starts with "error: ")."""
+    status: str
+    """"ok", "error" (the call could not run, or the tool raised / crashed / returned a non-str) or "timeout"."""
+
+
+class ToolRunner:
+    """Runs tool calls in sandboxed worker processes (reward/pool.py, kind "tool"), under a deadline per call.
+
+    One pool for all tools; `run` takes a batch of calls (they run concurrently across `num_workers`
+    processes) and returns one ToolResult per call, in order. Observations longer than `max_chars` are cut
+    (the end is dropped, and the observation says so)."""
+
+    def __init__(self, tools: list[Tool], *, timeout_s: float = 10.0, num_workers: int = 1, sandbox: str = "full",
+                 memory_limit_mb: int | None = 4096, cgroup: str = "auto", max_chars: int = 4000,
+                 startup_timeout_s: float = 60.0) -> None:
+        from reward.pool import WorkerPool
+        from reward.runner import sandbox_limits
+
+        if not tools:
+            raise ValueError("ToolRunner: no tools")
+        self.tools = {t.name: i for i, t in enumerate(tools)}
+        self.timeout_s, self.max_chars = float(timeout_s), max_chars
+        self.counts = {"calls": 0, "ok": 0, "error": 0, "timeout": 0}
+        self._pool = WorkerPool([t.pool_spec() for t in tools], num_workers=num_workers,
+                                limits=sandbox_limits(memory_limit_mb, 64, 64, 256), level=sandbox,
+                                startup_timeout_s=startup_timeout_s, cgroup_mode=cgroup, kind="tool")
+        self._pool.start()
+
+    @property
+    def sandbox_level(self) -> str | None:
+        return self._pool.level
+
+    def run(self, calls: list[ToolCall]) -> list[ToolResult]:
+        outcomes = self._pool.run([(self.tools[c.name], dict(c.arguments)) for c in calls], self.timeout_s)
+        results = []
+        for call, out in zip(calls, outcomes):
+            self.counts["calls"] += 1
+            self.counts[out.status] += 1
+            if out.status == "ok":
+                text = out.text or ""
+                if len(text) > self.max_chars:
+                    text = text[:self.max_chars] + f"\n[... {len(text) - self.max_chars} more characters cut]"
+                results.append(ToolResult(text, "ok"))
+            elif out.status == "timeout":
+                results.append(ToolResult(f"error: {call.name} ran past its {self.timeout_s:g} s deadline and was "
+                                          "stopped", "timeout"))
+            else:
+                results.append(ToolResult(f"error: {call.name} failed: {out.error}", "error"))
+        return results
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> "ToolRunner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -32,29 +32,47 @@ def make_engine(name: str, model_path: str, **kwargs: Any) -> RolloutEngine:
 
 class RolloutWorker:
     def __init__(self, engine: str, model_path: str, *, engine_kwargs: dict, threads: int = 0,
-                 cores: list[int] | None = None, guard: GuardSpec | None = None):
+                 cores: list[int] | None = None, guard: GuardSpec | None = None, tools: dict | None = None):
         self.guard = Guard(guard)
         use_cpus(threads, cores)
+        self.tool_settings, self.tool_runner = _tool_runner(tools) if tools else (None, None)
         self.engine = make_engine(engine, model_path, **engine_kwargs)
         self.tokenizer = self.engine.tokenizer
         self.version = 0
 
     @guarded
     def generate(self, requests: list[PromptRequest], params: SamplingParams) -> list[Sample]:
-        """`params.n` samples per request, in the engine's output order."""
-        outputs = self.engine.generate([r.prompt_ids for r in requests], params)
+        """`params.n` samples per request, in the engine's output order; multi-turn trajectories with tools."""
+        prompts = [r.prompt_ids for r in requests]
+        if self.tool_runner is not None:
+            from rollout.multiturn import generate_multiturn
+
+            outputs = [(t.prompt_index, t.response_ids, t.logprobs, t.finish_reason,
+                        t.mask if t.has_tool_tokens else None, t.calls, t.turns)
+                       for t in generate_multiturn(self.engine, prompts, params, self.tool_settings, self.tool_runner)]
+        else:
+            outputs = [(o.prompt_index, o.response_ids, o.logprobs, o.finish_reason, None, None, 1)
+                       for o in self.engine.generate(prompts, params)]
         release_free_memory()  # the decode's KV caches, freed: back to the OS (rl/memory.py)
-        texts = self.tokenizer.batch_decode([o.response_ids for o in outputs], skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode([o[1] for o in outputs], skip_special_tokens=True)
         samples = []
-        for out, text in zip(outputs, texts):
-            req = requests[out.prompt_index]
+        for (index, ids, logprobs, reason, mask, calls, turns), text in zip(outputs, texts):
+            req = requests[index]
             samples.append(Sample(
                 prompt_id=req.prompt_id, group_id=req.group_id, prompt_ids=req.prompt_ids,
-                response_ids=out.response_ids, rollout_logprobs=out.logprobs, finish_reason=out.finish_reason,
+                response_ids=ids, rollout_logprobs=logprobs, finish_reason=reason,
                 policy_version=self.version, prompt_text=req.prompt_text, response_text=text,
-                fields=req.fields,
+                fields=req.fields, response_mask=mask, tool_calls=calls, turns=turns,
             ))
         return samples
+
+    def tool_counts(self) -> dict[str, int]:
+        """Tool calls run by this worker so far, by outcome (calls, ok, error, timeout); {} without tools."""
+        return dict(self.tool_runner.counts) if self.tool_runner is not None else {}
+
+    def close_tools(self) -> None:
+        if self.tool_runner is not None:
+            self.tool_runner.close()
 
     @guarded
     def update_weights(self, published: PublishedWeights, version: int) -> int:
@@ -96,3 +114,17 @@ class RolloutWorker:
     def memory(self) -> dict[str, float]:
         """This worker's resident memory now and at its peak (MiB; rl.memory.process_memory_mb)."""
         return process_memory_mb()
+
+
+def _tool_runner(cfg: dict):
+    """(ToolSettings, ToolRunner) from the rollout worker's `tools` settings (launch/cluster.py `tool_settings`):
+    the tools resolved in this process and their sandboxed workers started before the model loads."""
+    from rollout.multiturn import ToolSettings
+    from rollout.tools import ToolRunner, resolve_tools
+
+    tools = resolve_tools(cfg["specs"])
+    settings = ToolSettings(tools, fmt=cfg["format"], max_turns=cfg["max_turns"],
+                            response_template=cfg.get("response_template"))
+    runner = ToolRunner(tools, timeout_s=cfg["timeout_s"], num_workers=cfg["workers"], sandbox=cfg["sandbox"],
+                        cgroup=cfg.get("cgroup", "auto"))
+    return settings, runner

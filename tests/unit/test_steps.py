@@ -254,7 +254,7 @@ def test_sample_record_and_prompt_requests():
             return [GenerationOutput(k // 2, [7, k], [-0.1, -0.2], "stop") for k in range(2 * len(prompts))]
 
     worker = RolloutWorker.__new__(RolloutWorker)
-    worker.engine, worker.version, worker.guard = Engine(), 3, Guard(None)
+    worker.engine, worker.version, worker.guard, worker.tool_runner = Engine(), 3, Guard(None), None
     worker.tokenizer = type("Tok", (), {"batch_decode": lambda self, ids, **kw: [str(x) for x in ids]})()
     out = worker.generate(requests, None)
     assert [(o.prompt_id, o.group_id, o.prompt_text, o.fields["answer"], o.policy_version) for o in out] == [

@@ -71,7 +71,7 @@ def test_bad_tools_are_refused_naming_the_spec_and_the_fix(tools_file, fn, words
 
 
 def test_unknown_builtins_and_duplicate_names_are_refused(tools_file):
-    with pytest.raises(ToolSpecError, match="'calculater': not a built-in \\(calculator\\)"):
+    with pytest.raises(ToolSpecError, match="'calculater': not a built-in \\(calculator, python, search\\)"):
         resolve_tools(["calculater"])
     with pytest.raises(ToolSpecError, match="both named 'calculator'"):
         resolve_tools(["calculator", "rollout.tools:calculator"])
@@ -114,7 +114,7 @@ def test_arguments_of_the_wrong_type_are_refused_not_cast():
 
     from rollout.tools import _check
 
-    tool = _check("inline:rate", rate)
+    tool = _check("inline:rate", rate, {})
     assert tool.bind({"x": "2.5", "on": "true"}) == {"x": 2.5, "on": True}
     assert tool.bind({"x": 3, "on": False}) == {"x": 3.0, "on": False}
     for bad in ({"x": True, "on": True}, {"x": [1], "on": True}, {"x": 1.0, "on": 1}):
