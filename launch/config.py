@@ -191,6 +191,10 @@ class RolloutConfig:
     tool_workers: int = 2
     """Sandboxed tool processes per rollout worker (the calls of one turn run concurrently across them), at
     reward.sandbox's level and under reward.cgroup's limits."""
+    tool_instructions: str | None = "auto"
+    """How the prompts present the tools: `auto` (a chat template that renders tools gets their schemas, others a
+    system-prompt text listing the tools and the call syntax, rollout/tools.py `instructions`), null (nothing added:
+    the data's prompts describe the tools themselves) or your own text, added to the system prompt as given."""
     tool_response_template: str | None = None
     """The text around a tool's output, with "{observation}" in it; null: the format's own
     ("\\n<tool_response>\\n{observation}\\n</tool_response>\\n" for json, "<result>{observation}</result>" for tag)."""

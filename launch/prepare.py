@@ -75,13 +75,15 @@ def check_tools(cfg: Config) -> list:
 
 
 def prompt_tools(cfg: Config, tokenizer) -> Any:
-    """How the prompts present rollout.tools to the model (rollout.tools.ToolPrompt); None without tools."""
+    """How the prompts present rollout.tools to the model (rollout.tools.ToolPrompt, per rollout.tool_instructions);
+    None without tools or with tool_instructions null."""
     tools = check_tools(cfg)
-    if not tools:
+    how = cfg.rollout.tool_instructions
+    if not tools or how is None:
         return None
-    from rollout.tools import tool_prompt
+    from rollout.tools import ToolPrompt, tool_prompt
 
-    return tool_prompt(tokenizer, cfg.rollout.tool_format, tools)
+    return tool_prompt(tokenizer, cfg.rollout.tool_format, tools) if how == "auto" else ToolPrompt(None, how)
 
 
 def startup_warnings(cfg: Config) -> list[str]:

@@ -280,6 +280,14 @@ def test_strata_helpers():
         strata_from_samples([_sample(0, 1)], "tool_calls")
     with pytest.raises(ValueError, match="unknown strata source"):
         strata_from_samples(samples, "topic")
+    # any per-sample value a reward function reports, one stratum per distinct value (2.0 and 2 are one)
+    samples = [_sample(0, 1, metrics={"hops": h}) for h in (2.0, 1, 2, 0.5)]
+    assert strata_from_samples(samples, "metric:hops").tolist() == [0, 1, 0, 2]
+    with pytest.raises(ValueError, match="has no reward_metrics\\['depth'\\]"):
+        strata_from_samples(samples, "metric:depth")
+    AdvantageConfig(name="stratified", strata_source="metric:hops")
+    with pytest.raises(ValueError, match="strata_source"):
+        AdvantageConfig(name="stratified", strata_source="metric:")
 
 
 # ----------------------------------------------------------------------------- config mapping

@@ -157,3 +157,43 @@ def test_a_raising_tool_and_an_unparseable_call_give_error_observations(engine, 
     call = t.calls[0]
     assert (call["status"], call["arguments"]) == ("error", None)
     assert call["observation"].startswith("error: ") and "integer" in call["observation"]
+
+
+def test_rollout_worker_samples_carry_the_mask_the_calls_and_the_strata(engine, tmp_path):
+    from launch.schema_algorithm import AdvantageConfig, AlgorithmConfig
+    from rl import steps
+    from rl.advantages import strata_from_samples
+    from rl.types import PromptRequest
+    from rollout.worker import RolloutWorker
+
+    model = engine.model.name_or_path
+    worker = RolloutWorker("hf", model, engine_kwargs={"dtype": "float32"},
+                           tools={"specs": ["calculator"], "format": "tag", "max_turns": 3, "timeout_s": 10,
+                                  "workers": 1, "sandbox": "off"})
+    try:
+        tok = worker.tokenizer
+        requests = [PromptRequest(k, 10 + k, ids, prompt(e), {"answer": v}) for k, ((e, v), ids) in
+                    enumerate(zip(PROBLEMS, _prompts(tok)))]
+        samples = worker.generate(requests, SamplingParams(n=4, max_new_tokens=80, seed=5))
+        assert worker.tool_counts()["calls"] == sum(len(s.tool_calls) for s in samples)
+    finally:
+        worker.close_tools()
+    for s in samples:
+        assert s.tool_calls is not None and len(s.response_mask) == len(s.response_ids)
+        assert s.num_trained_tokens == len(s.response_ids) - sum(c["end"] - c["start"] for c in s.tool_calls)
+        assert s.response_text == tok.decode(s.response_ids, skip_special_tokens=True)  # observations included
+        row = steps.reward_row(s)
+        assert row["tool_calls"] == s.tool_calls and row["completion"] == s.response_text
+        record = steps.sample_record(s)
+        assert record["turns"] == s.turns and record["tool_calls"] == s.tool_calls
+        s.reward, s.reward_status = float(s.response_text.endswith(s.fields["answer"])), "ok"
+    strata = strata_from_samples(samples, "tool_calls")
+    assert strata.tolist() == [len(s.tool_calls) for s in samples]
+    m = steps.rollout_metrics(samples)
+    n_calls = sum(len(s.tool_calls) for s in samples)
+    assert m["rollout/tool_calls_mean"] == n_calls / len(samples)
+    assert m["rollout/tool_call_rate"] == sum(bool(s.tool_calls) for s in samples) / len(samples)
+    assert sum(m[f"rollout/tool_calls/{k}/count"] for k in set(strata.tolist())) == len(samples)
+    alg = AlgorithmConfig(advantage=AdvantageConfig(name="stratified", strata_source="tool_calls"))
+    steps.assign_advantages(samples, alg)
+    assert all(s.advantage is not None for s in samples)

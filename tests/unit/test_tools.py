@@ -148,3 +148,130 @@ def test_calculator(expr, out):
 ])
 def test_calculator_refuses_anything_but_bounded_arithmetic(expr, words):
     assert calculator(expr).startswith("error:") and words in calculator(expr)
+
+
+# -- built-ins that run code or read files --------------------------------------------------------------------
+def test_python_tool_returns_what_the_code_prints_and_the_error_it_raised():
+    from rollout.tools import python
+
+    assert python("print(sum(range(10)))") == "45"
+    assert python("x = 1") == "(no output: print() what you want to see)"
+    assert python("print('a')\n1/0") == "a\nerror: ZeroDivisionError: division by zero"
+
+
+CORPUS = [{"title": "Oslo", "text": "Oslo is the capital of Norway, on the Oslofjord."},
+          {"title": "Bergen", "text": "Bergen is a city on the west coast of Norway, known for rain."},
+          {"title": "Lima", "text": "Lima is the capital of Peru."}]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    import json
+
+    path = tmp_path / "passages.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in CORPUS))
+    return path
+
+
+def test_search_ranks_passages_by_bm25_and_binds_its_corpus(corpus):
+    from rollout.search import search
+
+    (tool,) = resolve_tools([{"fn": "search", "args": {"corpus": str(corpus), "k": 2}}])
+    assert list(tool.parameters) == ["query"]  # the corpus and k are bound: the model passes the query only
+    assert tool.pool_spec()["files"] == [str(corpus)]
+    out = search("capital of Peru", corpus=str(corpus), k=2)
+    assert out.splitlines()[0] == "[1] Lima: Lima is the capital of Peru."
+    assert search("the of", corpus=str(corpus)) == "no results: the query has no searchable words"
+    assert search("quantum chromodynamics", corpus=str(corpus)) == "no results"
+
+
+def test_search_refuses_a_missing_or_bad_corpus_at_start_up(tmp_path):
+    with pytest.raises(ToolSpecError, match="search needs args.corpus, like"):
+        resolve_tools(["search"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"title": "no text"}\n')
+    from rollout.search import CorpusError, load_corpus
+
+    with pytest.raises(CorpusError, match="line 2 has no non-empty"):
+        load_corpus(str(bad))
+
+
+# -- the sandboxed runner ----------------------------------------------------------------------------------------
+RUNNER_TOOLS = '''
+import os
+import time
+
+
+def slow(seconds: float) -> str:
+    """Sleeps."""
+    time.sleep(seconds)
+    return "done"
+
+
+def crash(code: int) -> str:
+    """Dies without a word."""
+    os._exit(code)
+
+
+def notstr(x: str) -> str:
+    """Returns an int despite its annotation."""
+    return 7
+
+
+def big(n: int) -> str:
+    """A long observation."""
+    return "x" * n
+'''
+
+
+def test_runner_outcomes_ok_error_timeout_and_cut(tmp_path, corpus):
+    from rollout.tools import ToolCall, ToolRunner
+
+    path = tmp_path / "runner_tools.py"
+    path.write_text(RUNNER_TOOLS)
+    tools = resolve_tools(["calculator", "python", {"fn": "search", "args": {"corpus": str(corpus)}},
+                           *(f"{path}:{fn}" for fn in ("slow", "crash", "notstr", "big"))])
+    calls = [ToolCall("calculator", {"expression": "6*7"}, 0), ToolCall("python", {"code": "print(2**10)"}, 0),
+             ToolCall("search", {"query": "Norway rain"}, 0), ToolCall("slow", {"seconds": 60.0}, 0),
+             ToolCall("crash", {"code": 3}, 0), ToolCall("notstr", {"x": "a"}, 0), ToolCall("big", {"n": 50}, 0)]
+    with ToolRunner(tools, timeout_s=2.0, num_workers=2, sandbox="off", max_chars=20) as runner:
+        results = runner.run(calls)
+        counts = dict(runner.counts)
+    assert [r.status for r in results] == ["ok", "ok", "ok", "timeout", "error", "error", "ok"]
+    assert results[0].text == "42" and results[1].text == "1024"
+    assert results[2].text.startswith("[1] Bergen:")
+    assert "deadline" in results[3].text and results[4].text.startswith("error: crash failed")
+    assert "str" in results[5].text
+    assert results[6].text == "x" * 20 + "\n[... 30 more characters cut]"
+    assert counts == {"calls": 7, "ok": 4, "error": 2, "timeout": 1}
+
+
+# -- what the prompt tells the model ---------------------------------------------------------------------------
+TOOL_TEMPLATE = ("{% if tools %}<|system|>TOOLS:{% for t in tools %} {{ t.function.name }}{% endfor %}\n{% endif %}"
+                 "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '\n' }}{% endfor %}"
+                 "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+
+
+def test_tools_go_to_a_template_that_renders_them_and_to_the_system_prompt_otherwise(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from rollout.data import render_prompt
+    from rollout.tools import tool_prompt
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tools = resolve_tools(["calculator"])
+    plain = tool_prompt(tok, "json", tools)  # the tiny template ignores tools: instructions instead
+    assert plain.schemas is None and "<tool_call>" in plain.instructions
+    text = render_prompt(tok, "What is 6*7?", chat_template=True, system_prompt="Be brief.", tools=plain)
+    assert text == f"<|system|>Be brief.\n\n{plain.instructions}\n<|user|>What is 6*7?\n<|assistant|>"
+    msgs = [{"role": "system", "content": "Mine."}, {"role": "user", "content": "Hi"}]
+    assert render_prompt(tok, msgs, chat_template=True, system_prompt=None, tools=plain).startswith(
+        f"<|system|>Mine.\n\n{plain.instructions}\n")
+    assert render_prompt(tok, "Q", chat_template=False, system_prompt=None, tools=plain) == f"{plain.instructions}\n\nQ"
+    tok.chat_template = TOOL_TEMPLATE
+    own = tool_prompt(tok, "json", tools)
+    assert own.schemas == [tools[0].schema()] and own.instructions is None
+    assert render_prompt(tok, "Q", chat_template=True, system_prompt=None, tools=own).startswith(
+        "<|system|>TOOLS: calculator<|user|>Q")
+    tag = tool_prompt(tok, "tag", tools)  # the tag format is never a template's
+    assert tag.schemas is None and "<calculator>expression</calculator>" in tag.instructions
