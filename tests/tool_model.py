@@ -17,8 +17,9 @@ def completion(expr: str, value: str) -> str:
     return f"<calculator>{expr}</calculator><result>{value}</result> so {value}"
 
 
-def build_tool_model(out: Path, steps: int = 300) -> str:
-    """The trained model under `out` (built once; about 5 s on 2 cores). Seeded in a private RNG stream."""
+def build_tool_model(out: Path, steps: int = 300, hidden_size: int = 64) -> str:
+    """The trained model under `out` (built once; about 5 s on 2 cores). Seeded in a private RNG stream.
+    hidden_size 256 gives head_dim 64, a head size vLLM's attention kernels take (tests/gpu)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -26,7 +27,7 @@ def build_tool_model(out: Path, steps: int = 300) -> str:
 
     if (out / "config.json").exists():
         return str(out)
-    build_tiny_random(out, extra_chars="<>{}_")
+    build_tiny_random(out, hidden_size=hidden_size, extra_chars="<>{}_")
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
     seqs = [torch.tensor([tok(prompt(e) + completion(e, v), add_special_tokens=False)["input_ids"]
