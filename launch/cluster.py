@@ -241,13 +241,21 @@ def tool_settings(cfg: Config) -> dict | None:
             "cgroup": cfg.reward.cgroup}
 
 
+def max_model_len(cfg: Config) -> int:
+    """vLLM's context limit: prompt and response. A later turn of a tool rollout asks every live trajectory for the
+    largest budget any of them has left (each is cut to its own afterwards, rollout/multiturn.py), so its context
+    may reach the prompt, the response so far and one more budget."""
+    r = cfg.rollout
+    return cfg.data.max_prompt_tokens + r.max_new_tokens * (2 if r.tools else 1)
+
+
 def _engine_kwargs(cfg: Config, gpu: _GPUs | None, i: int) -> dict:
     r = cfg.rollout
     kwargs: dict[str, Any] = {"dtype": cfg.model.dtype, "batch_size": r.batch_size,
                               "trust_remote_code": cfg.model.trust_remote_code}
     if r.engine == "vllm":  # vLLM's own knobs; which GPUs it uses comes from the placement plan
         kwargs.update(tensor_parallel_size=int(r.gpus_per_worker), gpu_memory_utilization=r.gpu_memory_utilization,
-                      max_model_len=cfg.data.max_prompt_tokens + r.max_new_tokens, seed=cfg.trainer.seed + i,
+                      max_model_len=max_model_len(cfg), seed=cfg.trainer.seed + i,
                       enable_sleep_mode=r.placement == "colocated", sync_timeout_s=r.sync_timeout_s)
         if gpu is not None and gpu.plan.rollout:
             kwargs.update(gpu.plan.engine_kwargs(i))

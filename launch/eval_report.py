@@ -44,6 +44,16 @@ def group_stats(greedy: list[Sample], sampled: list[Sample], *, k: int, uses_acc
             means = [sum(s.reward or 0.0 for s in g) / len(g) for g in groups]
             out["sampled"] = {f"reward_mean@{k}": passk.mean_summary(means, **kw).as_dict()}
     out["reward_errors"] = sum(s.reward_status != "ok" for s in greedy + sampled)
+    multi = {mode: [s for s in part if s.tool_calls is not None] for mode, part in (("greedy", greedy),
+                                                                                  ("sampled", sampled))}
+    if any(multi.values()):  # tool rollouts: how often the answers called a tool, and how the calls went
+        out["tools"] = {}
+        for mode, part in multi.items():
+            if part:
+                calls = [c for s in part for c in s.tool_calls]
+                out["tools"][mode] = {"tool_call_rate": sum(bool(s.tool_calls) for s in part) / len(part),
+                                      "tool_calls_mean": len(calls) / len(part),
+                                      "tool_errors": sum(c["status"] != "ok" for c in calls)}
     return out
 
 

@@ -197,3 +197,39 @@ def test_rollout_worker_samples_carry_the_mask_the_calls_and_the_strata(engine, 
     alg = AlgorithmConfig(advantage=AdvantageConfig(name="stratified", strata_source="tool_calls"))
     steps.assign_advantages(samples, alg)
     assert all(s.advantage is not None for s in samples)
+    from launch.eval_report import group_stats
+
+    stats = group_stats([], samples, k=4, uses_acc=False, resamples=10, level=0.9, seed=0)
+    assert stats["tools"]["sampled"]["tool_calls_mean"] == m["rollout/tool_calls_mean"]
+    assert "greedy" not in stats["tools"]
+
+
+def test_vllm_context_leaves_room_for_the_largest_budget_a_later_turn_asks(tmp_path):
+    from launch.cluster import max_model_len
+    from launch.config import load_config
+
+    plain = load_config("configs/debug_cpu.yaml", [f"trainer.output_dir={tmp_path}"])
+    tools = load_config("configs/debug_cpu.yaml", [f"trainer.output_dir={tmp_path}", "rollout.tools=[calculator]"])
+    assert max_model_len(plain) == plain.data.max_prompt_tokens + plain.rollout.max_new_tokens
+    assert max_model_len(tools) == tools.data.max_prompt_tokens + 2 * tools.rollout.max_new_tokens
+
+
+def test_launch_eval_runs_tool_rollouts_and_writes_the_trajectories(engine, tmp_path):
+    import json
+
+    from launch import eval as launch_eval
+
+    data = tmp_path / "calc.jsonl"
+    data.write_text("".join(json.dumps({"prompt": prompt(e), "answer": v}) + "\n" for e, v in PROBLEMS))
+    out = tmp_path / "eval"
+    assert launch_eval.main([engine.model.name_or_path, str(data), "data.chat_template=false", "reward.fns=[arith]",
+                             "reward.sandbox=off", "reward.processes_per_worker=1", "rollout.tools=[calculator]",
+                             "rollout.tool_format=tag", "rollout.tool_instructions=null", "rollout.tool_workers=1",
+                             "rollout.max_new_tokens=96", "model.dtype=float32", "eval.k=2", "eval.bootstrap=50",
+                             f"eval.output={out}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["overall"]["tools"]["greedy"]["tool_call_rate"] == 1.0
+    written = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(written) == 2 + 4
+    greedy = [r for r in written if r["mode"] == "greedy"]
+    assert all(r["correct"] and r["turns"] == 2 and r["tool_calls"][0]["status"] == "ok" for r in greedy)
