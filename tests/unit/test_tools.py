@@ -275,3 +275,31 @@ def test_tools_go_to_a_template_that_renders_them_and_to_the_system_prompt_other
         "<|system|>TOOLS: calculator<|user|>Q")
     tag = tool_prompt(tok, "tag", tools)  # the tag format is never a template's
     assert tag.schemas is None and "<calculator>expression</calculator>" in tag.instructions
+
+
+# -- configuration ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, words", [
+    (["rollout.tool_format=xml"], "rollout.tool_format='xml': use `json` or `tag`"),
+    (["rollout.max_turns=0"], "rollout.max_turns=0: must be >= 1"),
+    (["rollout.tool_response_template=<r></r>"], "it must contain {observation}"),
+])
+def test_bad_tool_settings_fail_at_config_load(tmp_path, overrides, words):
+    from launch.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=words.replace("(", "\\(").replace("{", "\\{").replace("}", "\\}")):
+        load_config("configs/debug_cpu.yaml", [f"trainer.output_dir={tmp_path}", *overrides])
+
+
+def test_bad_tool_specs_fail_before_any_model_loads(tmp_path, tools_file):
+    from launch.config import ConfigError, load_config
+    from launch.prepare import check_tools
+
+    def check(*overrides):
+        return check_tools(load_config("configs/debug_cpu.yaml", [f"trainer.output_dir={tmp_path}", *overrides]))
+
+    with pytest.raises(ConfigError, match="'calculater': not a built-in"):
+        check("rollout.tools=[calculater]")
+    with pytest.raises(ConfigError, match="lookup takes 2 arguments \\(city, year\\) but rollout.tool_format=tag"):
+        check(f"rollout.tools=[{tools_file}:lookup]", "rollout.tool_format=tag")
+    assert [t.name for t in check(f"rollout.tools=[calculator, {tools_file}:lookup]")] == ["calculator", "lookup"]
+    assert check() == []
