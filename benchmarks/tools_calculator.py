@@ -13,7 +13,8 @@ The arms differ only in the advantage estimator, on the same data, seed, steps a
 prompts x 8 answers, lr 2e-5 decaying linearly, one update per step):
 
 - `grpo`: group-normalised advantages (arXiv 2402.03300);
-- `stratified`: Stratified GRPO (arXiv 2510.06214), strata = the trajectory's tool-call count, alpha 0.6.
+- `stratified`: Stratified GRPO (arXiv 2510.06214), strata = the trajectory's tool-call count, alpha 0.6;
+- `no_tools` (run it with --arms no_tools): `grpo` on the same prompts without the calculator, for scale.
 
 Reported per arm: held-out greedy accuracy and tool-call rate at every eval (step 0 is the model before training),
 the sampled training accuracy and tool-call rate per step, generated tokens, wall time.
@@ -34,10 +35,13 @@ from vs_trl import cpu_model, train_cli  # noqa: E402
 
 EXAMPLE = [{"role": "user", "content": "What is 12 + 34?"},
            {"role": "assistant", "content": "<calculator>12 + 34</calculator><result>46</result> The answer is 46."}]
+TOOLS = ["rollout.tools=[calculator]", "rollout.tool_format=tag", "rollout.tool_instructions=null"]
 ARMS = {
-    "grpo": ["algorithm.advantage.name=grpo"],
-    "stratified": ["algorithm.advantage.name=stratified", "algorithm.advantage.strata_source=tool_calls"],
+    "grpo": [*TOOLS, "algorithm.advantage.name=grpo"],
+    "stratified": [*TOOLS, "algorithm.advantage.name=stratified", "algorithm.advantage.strata_source=tool_calls"],
+    "no_tools": ["algorithm.advantage.name=grpo"],  # the same prompts (the worked example too), no calculator
 }
+DEFAULT_ARMS = ["grpo", "stratified"]
 
 
 def write_task(out: Path, n_train: int, n_eval: int) -> tuple[Path, Path]:
@@ -62,7 +66,6 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace, data: tuple[Path, Pat
     out.mkdir(parents=True, exist_ok=True)
     overrides = [f"model.path={args.model}", f"data.train={data[0]}", f"data.eval={data[1]}",
                  f"data.eval_size={args.eval_size}", "data.prompt_suffix=''", "reward.fns=[arith]",
-                 "rollout.tools=[calculator]", "rollout.tool_format=tag", "rollout.tool_instructions=null",
                  f"rollout.max_turns={args.max_turns}", f"rollout.max_new_tokens={args.max_new_tokens}",
                  f"trainer.total_steps={args.steps}", f"trainer.eval_every={args.eval_every}", f"trainer.seed={seed}",
                  f"trainer.output_dir={out}", "trainer.resume=never", "trainer.save_every=0",
@@ -92,7 +95,8 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
     lines = ["Held-out greedy accuracy (tool-call rate) at each eval:", "", head,
              "|---|---|" + "---|" * len(steps)]
     for r in results:
-        cells = {e["step"]: f"{e['accuracy']:.3f} ({e['tool_call_rate']:.2f})" for e in r["evals"]}
+        cells = {e["step"]: f"{e['accuracy']:.3f}" + (f" ({e['tool_call_rate']:.2f})" if e["tool_call_rate"] is not None
+                                                      else "") for e in r["evals"]}
         lines.append(f"| {r['arm']} | {r['seed']} | " + " | ".join(cells.get(s, "-") for s in steps) + " |")
     lines += ["", "Sampled training accuracy and tool-call rate (mean over the steps of each third of the run), "
                   "generated tokens and wall time:", "",
@@ -107,17 +111,25 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
             vals = [x[key] for x in part if x.get(key) is not None]
             return f"{statistics.fmean(vals):.2f}" if vals else "-"
 
-        errs = [x["tool_error_rate"] for x in t if x.get("tool_error_rate") is not None]
+        errs = [x["tool_error_rate"] for x in t if x.get("tool_error_rate") is not None] or [float("nan")]
         lines.append(f"| {r['arm']} | {r['seed']} | {' / '.join(avg(p, 'accuracy') for p in thirds)} | "
                      f"{' / '.join(avg(p, 'tool_call_rate') for p in thirds)} | "
                      f"{statistics.fmean(errs):.2f} | {t[-1]['tokens'] if t else 0} | {r['wall_s']:.0f} s |")
+    first = range(1, 11)
+    lines += ["", "Sampled training accuracy (tool-call rate) of steps 1-10:", "",
+              "| arm | seed | " + " | ".join(str(s) for s in first) + " |", "|---|---|" + "---|" * len(first)]
+    for r in results:
+        by = {x["step"]: x for x in r["train"]}
+        cell = (lambda x: f"{x['accuracy']:.2f} ({x['tool_call_rate']:.2f})" if x.get("tool_call_rate") is not None
+                else f"{x['accuracy']:.2f}")
+        lines.append(f"| {r['arm']} | {r['seed']} | " + " | ".join(cell(by[s]) if s in by else "-" for s in first) + " |")
     lines += ["", f"`{' '.join(sys.argv)}` on {cpu_model()}"]
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--eval-every", type=int, default=5)
@@ -130,7 +142,7 @@ def main() -> None:
     ap.add_argument("--no-run", action="store_true", help="summarise the runs already under --out")
     args = ap.parse_args()
     out = Path(args.out).resolve()
-    data = write_task(out / "data", n_train=2000, n_eval=args.eval_size)
+    data = None if args.no_run else write_task(out / "data", n_train=2000, n_eval=args.eval_size)
     results = []
     for arm in args.arms:
         for seed in args.seeds:
