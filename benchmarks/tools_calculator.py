@@ -111,10 +111,11 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
             vals = [x[key] for x in part if x.get(key) is not None]
             return f"{statistics.fmean(vals):.2f}" if vals else "-"
 
-        errs = [x["tool_error_rate"] for x in t if x.get("tool_error_rate") is not None] or [float("nan")]
+        errs = [x["tool_error_rate"] for x in t if x.get("tool_error_rate") is not None]
         lines.append(f"| {r['arm']} | {r['seed']} | {' / '.join(avg(p, 'accuracy') for p in thirds)} | "
                      f"{' / '.join(avg(p, 'tool_call_rate') for p in thirds)} | "
-                     f"{statistics.fmean(errs):.2f} | {t[-1]['tokens'] if t else 0} | {r['wall_s']:.0f} s |")
+                     f"{f'{statistics.fmean(errs):.2f}' if errs else '-'} | {t[-1]['tokens'] if t else 0} | "
+                     f"{r['wall_s']:.0f} s |")
     first = range(1, 11)
     lines += ["", "Sampled training accuracy (tool-call rate) of steps 1-10:", "",
               "| arm | seed | " + " | ".join(str(s) for s in first) + " |", "|---|---|" + "---|" * len(first)]
