@@ -26,7 +26,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rollout.engine import RolloutEngine, SamplingParams
-from rollout.tools import Tool, ToolCallError, ToolResult, ToolRunner, parse_call, stop_strings
+from rollout.tool_runner import ToolResult, ToolRunner
+from rollout.tools import Tool, ToolCallError, parse_call, stop_strings
 
 TURN_SEED_STRIDE = 1_000_003
 

@@ -24,9 +24,9 @@ A spec can also be a dict that binds arguments the model never sees (a corpus pa
 `{"fn": "search", "args": {"corpus": "data/wiki.jsonl", "k": 3}}`; a bound argument that names an existing
 file is shown, read-only, inside the sandbox.
 
-`ToolRunner` runs calls in sandboxed worker processes (reward/pool.py, kind "tool") under a per-call deadline:
-a tool that raises, crashes, returns a non-string or runs past its deadline gives the model an error
-observation ("error: ..."), never a stalled step. rollout/multiturn.py drives the turns.
+`rollout.tool_runner.ToolRunner` runs calls in sandboxed worker processes (reward/pool.py, kind "tool") under a
+per-call deadline: a tool that raises, crashes, returns a non-string or runs past its deadline gives the model an
+error observation ("error: ..."), never a stalled step. rollout/multiturn.py drives the turns.
 """
 
 from __future__ import annotations
@@ -402,66 +402,3 @@ def check_tag_format(tools: list[Tool]) -> None:
             raise ToolSpecError(f"rollout.tools entry {t.spec!r}: {t.name} takes {len(t.parameters)} arguments "
                                 f"({', '.join(t.parameters)}) but rollout.tool_format=tag carries one; use "
                                 "rollout.tool_format=json, or bind the others in the entry's args")
-
-
-@dataclass(frozen=True)
-class ToolResult:
-    text: str
-    """The observation the model reads (an error observation starts with "error: ")."""
-    status: str
-    """"ok", "error" (the call could not run, or the tool raised / crashed / returned a non-str) or "timeout"."""
-
-
-class ToolRunner:
-    """Runs tool calls in sandboxed worker processes (reward/pool.py, kind "tool"), under a deadline per call.
-
-    One pool for all tools; `run` takes a batch of calls (they run concurrently across `num_workers`
-    processes) and returns one ToolResult per call, in order. Observations longer than `max_chars` are cut
-    (the end is dropped, and the observation says so)."""
-
-    def __init__(self, tools: list[Tool], *, timeout_s: float = 10.0, num_workers: int = 1, sandbox: str = "full",
-                 memory_limit_mb: int | None = 4096, cgroup: str = "auto", max_chars: int = 4000,
-                 startup_timeout_s: float = 60.0) -> None:
-        from reward.pool import WorkerPool
-        from reward.runner import sandbox_limits
-
-        if not tools:
-            raise ValueError("ToolRunner: no tools")
-        self.tools = {t.name: i for i, t in enumerate(tools)}
-        self.timeout_s, self.max_chars = float(timeout_s), max_chars
-        self.counts = {"calls": 0, "ok": 0, "error": 0, "timeout": 0}
-        self._pool = WorkerPool([t.pool_spec() for t in tools], num_workers=num_workers,
-                                limits=sandbox_limits(memory_limit_mb, 64, 64, 256), level=sandbox,
-                                startup_timeout_s=startup_timeout_s, cgroup_mode=cgroup, kind="tool")
-        self._pool.start()
-
-    @property
-    def sandbox_level(self) -> str | None:
-        return self._pool.level
-
-    def run(self, calls: list[ToolCall]) -> list[ToolResult]:
-        outcomes = self._pool.run([(self.tools[c.name], dict(c.arguments)) for c in calls], self.timeout_s)
-        results = []
-        for call, out in zip(calls, outcomes):
-            self.counts["calls"] += 1
-            self.counts[out.status] += 1
-            if out.status == "ok":
-                text = out.text or ""
-                if len(text) > self.max_chars:
-                    text = text[:self.max_chars] + f"\n[... {len(text) - self.max_chars} more characters cut]"
-                results.append(ToolResult(text, "ok"))
-            elif out.status == "timeout":
-                results.append(ToolResult(f"error: {call.name} ran past its {self.timeout_s:g} s deadline and was "
-                                          "stopped", "timeout"))
-            else:
-                results.append(ToolResult(f"error: {call.name} failed: {out.error}", "error"))
-        return results
-
-    def close(self) -> None:
-        self._pool.close()
-
-    def __enter__(self) -> "ToolRunner":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

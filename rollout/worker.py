@@ -120,7 +120,8 @@ def _tool_runner(cfg: dict):
     """(ToolSettings, ToolRunner) from the rollout worker's `tools` settings (launch/cluster.py `tool_settings`):
     the tools resolved in this process and their sandboxed workers started before the model loads."""
     from rollout.multiturn import ToolSettings
-    from rollout.tools import ToolRunner, resolve_tools
+    from rollout.tool_runner import ToolRunner
+    from rollout.tools import resolve_tools
 
     tools = resolve_tools(cfg["specs"])
     settings = ToolSettings(tools, fmt=cfg["format"], max_turns=cfg["max_turns"],

@@ -19,7 +19,8 @@ pytest.importorskip("vllm")
 from rollout.engine import SamplingParams  # noqa: E402
 from rollout.hf_engine import HFEngine  # noqa: E402
 from rollout.multiturn import ToolSettings, generate_multiturn  # noqa: E402
-from rollout.tools import ToolRunner, resolve_tools  # noqa: E402
+from rollout.tool_runner import ToolRunner  # noqa: E402
+from rollout.tools import resolve_tools  # noqa: E402
 from rollout.vllm import VLLMEngine  # noqa: E402
 from tests.tool_model import PROBLEMS, build_tool_model, prompt  # noqa: E402
 

@@ -1,5 +1,5 @@
 """Multi-turn tool-use rollouts (rollout/multiturn.py) on the real HF engine, with a model that calls a tool
-(tests/tool_model.py) and real sandboxed tool workers (rollout.tools.ToolRunner).
+(tests/tool_model.py) and real sandboxed tool workers (rollout.tool_runner.ToolRunner).
 
 Token in, token out: the engine's second turn is fed exactly the prompt, the first turn's tokens and the
 observation's tokens; the trajectory is exactly the sampled tokens plus the tool tokens, the tool tokens masked.
@@ -17,7 +17,8 @@ import torch
 
 from rollout.engine import SamplingParams
 from rollout.multiturn import ToolSettings, generate_multiturn
-from rollout.tools import ToolRunner, resolve_tools
+from rollout.tool_runner import ToolRunner
+from rollout.tools import resolve_tools
 from tests.tool_model import PROBLEMS, build_tool_model, prompt
 
 CALCULATORS = {  # tools the model calls by the name it was trained on, each broken in its own way

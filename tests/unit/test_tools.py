@@ -225,7 +225,8 @@ def big(n: int) -> str:
 
 
 def test_runner_outcomes_ok_error_timeout_and_cut(tmp_path, corpus):
-    from rollout.tools import ToolCall, ToolRunner
+    from rollout.tool_runner import ToolRunner
+    from rollout.tools import ToolCall
 
     path = tmp_path / "runner_tools.py"
     path.write_text(RUNNER_TOOLS)
