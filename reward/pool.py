@@ -335,6 +335,8 @@ class WorkerPool:
             return
         if reply["type"] != "result" or w.state != "busy" or w.out or reply["id"] != w.task or outcomes is None:
             raise ProtocolError("unexpected message")
+        if reply["status"] == "ok" and ("text" in reply) != (self._config["kind"] == "tool"):
+            raise ProtocolError("a result of the wrong kind (a reward for a tool call, or a tool's text for a reward)")
         if reply["status"] == "ok" and "text" in reply:
             outcomes[w.task] = CallOutcome("ok", text=reply["text"])
         elif reply["status"] == "ok":
