@@ -74,10 +74,10 @@ def check_tools(cfg: Config) -> list:
     return tools
 
 
-def prompt_tools(cfg: Config, tokenizer) -> Any:
+def prompt_tools(cfg: Config, tokenizer, tools: list | None = None) -> Any:
     """How the prompts present rollout.tools to the model (rollout.tools.ToolPrompt, per rollout.tool_instructions);
-    None without tools or with tool_instructions null."""
-    tools = check_tools(cfg)
+    None without tools or with tool_instructions null. `tools`: check_tools(cfg), when the caller has it."""
+    tools = check_tools(cfg) if tools is None else tools
     how = cfg.rollout.tool_instructions
     if not tools or how is None:
         return None
@@ -101,7 +101,7 @@ def startup_warnings(cfg: Config) -> list[str]:
 
 def prepare(cfg: Config) -> Prepared:
     reward_names = check_rewards(cfg)
-    check_tools(cfg)
+    tools = check_tools(cfg)
     try:  # a plug-in estimator is imported here: its signature and params are checked before any model loads
         cfg.algorithm.advantage_params()
     except ValueError as e:
@@ -118,9 +118,9 @@ def prepare(cfg: Config) -> Prepared:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    tools = prompt_tools(cfg, tokenizer)
-    train_rows = encode_rows(tokenizer, train_raw, d, d.train, tools)
-    eval_rows = encode_rows(tokenizer, eval_raw, d, eval_source or "", tools)
+    shown = prompt_tools(cfg, tokenizer, tools)
+    train_rows = encode_rows(tokenizer, train_raw, d, d.train, shown)
+    eval_rows = encode_rows(tokenizer, eval_raw, d, eval_source or "", shown)
     dropped = {"train": len(train_raw) - len(train_rows), "eval": len(eval_raw) - len(eval_rows)}
     probe_rewards(cfg, tokenizer, [("data.train", d.train, train_rows), ("data.eval", eval_source, eval_rows)])
     return Prepared(model_path, train_rows, eval_rows, reward_names,
