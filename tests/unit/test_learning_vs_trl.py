@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.benchmark_module import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def lvt():
-    sys.path.insert(0, str(BENCH))
-    had = "vs_trl" in sys.modules
-    try:
-        spec = importlib.util.spec_from_file_location("learning_vs_trl", BENCH / "learning_vs_trl.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with benchmark_module("learning_vs_trl") as module:
         yield module
-    finally:  # nothing of the benchmark stays importable for later tests
-        sys.path.remove(str(BENCH))
-        if not had:
-            sys.modules.pop("vs_trl", None)
 
 
 def _run(accs: list[float], tokens_per_step: float = 100.0, every: int = 5) -> dict:

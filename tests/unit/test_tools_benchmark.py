@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from argparse import Namespace
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.benchmark_module import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    had = "vs_trl" in sys.modules
-    try:
-        spec = importlib.util.spec_from_file_location("tools_calculator", BENCH / "tools_calculator.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with benchmark_module("tools_calculator") as module:
         yield module
-    finally:  # nothing of the benchmark stays importable for later tests
-        sys.path.remove(str(BENCH))
-        if not had:
-            sys.modules.pop("vs_trl", None)
 
 
 def test_the_task_is_seeded_disjoint_and_a_chat_with_the_worked_example(bench, tmp_path):
